@@ -1,0 +1,74 @@
+# ehr_rlvr: every command a user or CI runs. `make demo` and `make test` set everything up on a fresh machine
+# (Python 3.11 + pip). All nbdev calls go through this file so a move to nbdev 3 is a one-file change.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.install-stamp
+CONFIG ?= configs/demo.yaml
+RUN_ID ?= demo
+PYTEST_ARGS ?=
+# CPU machines get the CPU build of torch (no CUDA wheels); a machine with nvidia-smi gets the default build.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PIP_ARGS ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,--extra-index-url $(TORCH_CPU_INDEX) --timeout 15 --retries 1)
+
+export HF_HUB_OFFLINE ?= 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: help install demo test check export clean-nbs lab clean nbdev-test pytest readme docs preview
+
+help:
+	@echo "make demo    run the embedded EHRMIND pipeline (configs/demo.yaml) into runs/$(RUN_ID)/"
+	@echo "make test    sync gate + notebook tests + pytest"
+	@echo "make lab     JupyterLab on nbs/"
+	@echo "make export  notebooks -> ehr_rlvr/ (and README.md)"
+	@echo "make check   sync gate: nbdev_clean and nbdev_export must leave no diff"
+	@echo "make clean   remove build leftovers (keeps .venv and runs/)"
+
+# Install once; re-running skips an install that is already current (stamp newer than settings.ini/setup.py).
+$(STAMP): settings.ini setup.py
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH_PIP_ARGS) "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ehr-rlvr pipeline $(CONFIG) --run-id $(RUN_ID)
+
+test: $(STAMP)
+	$(MAKE) --no-print-directory check
+	$(MAKE) --no-print-directory nbdev-test
+	$(MAKE) --no-print-directory pytest
+
+nbdev-test: $(STAMP)
+	$(BIN)/nbdev_test --n_workers 2 --timing
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q $(PYTEST_ARGS) tests
+
+# The sync gate: cleaning and exporting must not change any notebook or module, and README.md must match index.ipynb.
+check: $(STAMP)
+	@before=$$(find nbs ehr_rlvr -type f \( -name '*.ipynb' -o -name '*.py' \) -not -path '*/.ipynb_checkpoints/*' | sort | xargs sha256sum); \
+	$(BIN)/nbdev_clean && $(BIN)/nbdev_export && \
+	after=$$(find nbs ehr_rlvr -type f \( -name '*.ipynb' -o -name '*.py' \) -not -path '*/.ipynb_checkpoints/*' | sort | xargs sha256sum); \
+	if [ "$$before" != "$$after" ]; then echo "sync gate FAILED: nbdev_clean/nbdev_export changed these files:"; \
+	  diff <(echo "$$before") <(echo "$$after") | grep '^[<>]' | awk '{print "  " $$3}' | sort -u; \
+	  echo "Run 'make export', review and commit."; exit 1; fi
+	$(BIN)/python tools/readme.py --check
+	@echo "sync gate: OK"
+
+export: $(STAMP)
+	$(BIN)/nbdev_clean
+	$(BIN)/nbdev_export
+	$(BIN)/python tools/readme.py
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab nbs
+
+clean:
+	rm -rf _proc _docs build dist *.egg-info .pytest_cache .hypothesis
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
