@@ -100,6 +100,8 @@ def test_malformed_reasons(text, reason):
 def test_long_and_odd_inputs():
     long = "<think>" + "x" * (2 * MAX_COMPLETION_CHARS) + '</think><answer>{"answer": 25}</answer>'
     assert medcalc_reward([long], [GT_DEC]) == [-2.0]
+    lt = '<think>age < 65, a<b, <thinking> and </br> are text</think><answer>{"answer": 25}</answer>'
+    assert medcalc_reward([lt], [GT_DEC]) == [1.1]
     deep = '<think>a</think><answer>{"answer": ' + "[" * 990 + "]" * 990 + "}</answer>"
     assert medcalc_reward([deep], [GT_DEC]) == [-2.0]   # deep nesting: malformed (recursion or shape), never a crash
     ok = '<think>x</think><answer>{"answer": 25}</answer>' + " \n" * (3 * MAX_COMPLETION_CHARS)
@@ -153,3 +155,22 @@ def test_gold_answers_on_real_data_score_correct():
         # the raw gold strings, as a model might copy them, also score correct
         raw = [format_completion("x", g["answer"]) for g in gts]
         assert medcalc_reward(raw, gts) == [1.1] * len(gts), p
+
+
+_dec_gold = st.floats(-1e5, 1e5, allow_nan=False).map(lambda x: {
+    "answer": f"{x:.4f}", "lower": repr(x * 0.95), "upper": repr(x * 1.05), "output_type": "decimal", "calculator_id": "2"})
+_int_gold = st.integers(-50, 500).map(lambda n: {"answer": str(n), "lower": str(n), "upper": str(n), "output_type": "integer", "calculator_id": "4"})
+_date_gold = st.dates(datetime.date(1900, 1, 1), datetime.date(2100, 12, 31)).map(lambda d: {
+    "answer": d.strftime("%m/%d/%Y"), "lower": d.strftime("%m/%d/%Y"), "upper": d.strftime("%m/%d/%Y"), "output_type": "date", "calculator_id": "13"})
+_ga_gold = st.tuples(st.integers(0, 45), st.integers(0, 6)).map(lambda t: {
+    **GT_GA, "answer": f"('{t[0]} weeks', '{t[1]} days')", "lower": f"('{t[0]} weeks', '{t[1]} days')", "upper": f"('{t[0]} weeks', '{t[1]} days')"})
+
+
+@settings(max_examples=300, deadline=None)
+@given(gold=st.one_of(_dec_gold, _int_gold, _date_gold, _ga_gold), think=st.text(max_size=200).filter(lambda s: "<" not in s),
+       lead=st.sampled_from(["", " ", "\n"]), mid=st.sampled_from(["", "\n", " \n "]), tail=st.sampled_from(["", "\n", "  \n"]))
+def test_correctly_formatted_gold_always_scores_correct(gold, think, lead, mid, tail):
+    body = json.dumps({"answer": gold_answer_value(gold)})
+    text = f"{lead}<think>{think}</think>{mid}<answer>{mid}{body}{mid}</answer>{tail}"
+    assert medcalc_reward([text], [gold]) == [1.1]
+    assert medcalc_reward([[{"role": "assistant", "content": text}]], [gold]) == [1.1]
