@@ -174,3 +174,16 @@ def test_correctly_formatted_gold_always_scores_correct(gold, think, lead, mid, 
     text = f"{lead}<think>{think}</think>{mid}<answer>{mid}{body}{mid}</answer>{tail}"
     assert medcalc_reward([text], [gold]) == [1.1]
     assert medcalc_reward([[{"role": "assistant", "content": text}]], [gold]) == [1.1]
+
+
+def test_called_the_way_trl_calls_it():
+    "GRPOTrainer passes prompts, completions, completion_ids, every dataset column and a few trainer objects as kwargs."
+    from ehr_rlvr.tasks import get_task
+    task = get_task("medcalc")
+    comps = [[{"role": "assistant", "content": '<think>x</think><answer>{"answer": 3}</answer>'}],
+             [{"role": "assistant", "content": "3"}]]
+    kw = dict(prompts=[[{"role": "user", "content": "q"}]] * 2, completions=comps, completion_ids=[[1, 2], [3]],
+              ground_truth=[GT_INT, GT_INT], task=["medcalc"] * 2, id=["a", "b"], group_id=["g", "g"], split=["train"] * 2,
+              category=["risk"] * 2, trainer_state=None, log_extra=lambda *a: None, log_metric=lambda *a: None)
+    assert [f(**kw) for f in task.reward_funcs()] == [[1.1, -2.0], [1.0, 0.0], [1.0, 0.0]]
+    assert task.reward_weights() == [1.0, 0.0, 0.0]
