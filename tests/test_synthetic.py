@@ -100,9 +100,14 @@ def test_knobs(long_notes):
     assert quiet.mean() < noisy.mean()
 
 
+MANY_INPUTS = {8, 16, 18, 28, 29, 32, 36, 43}  # scores with 10-30 inputs: their short notes run longer
+
+
 def test_short_notes_are_short(notes):
     words = notes["Patient Note"].str.split().str.len()
-    assert words.max() <= 120 and 30 <= words.median() <= 90
+    simple = words[~notes["Calculator ID"].isin(MANY_INPUTS)]
+    assert 30 <= simple.median() <= 90 and simple.max() <= 110, simple.describe()
+    assert words.max() <= 200, words.describe()
 
 
 def test_bad_arguments():
