@@ -132,3 +132,12 @@ def test_split_by_note_is_disjoint_and_stratified(notes):
     for d in sp.values(): assert set(d["Calculator ID"]) == set(notes["Calculator ID"])
     assert {s: d["Note ID"].tolist() for s, d in sp.items()} == \
            {s: d["Note ID"].tolist() for s, d in split_notes(notes, 0.2, 0.2, seed=0).items()}
+
+
+def test_deterministic_across_processes():
+    import hashlib, subprocess, sys
+    code = ("from ehr_rlvr.medcalc.synthetic import generate_notes; import hashlib; "
+            "print(hashlib.md5(generate_notes(n_per_calculator=3, seed=2, missing_value_rate=0.3).to_csv(index=False).encode()).hexdigest())")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(h)}).stdout for h in (1, 2)}
+    assert len(outs) == 1, outs
