@@ -72,3 +72,16 @@ lab: $(STAMP)
 clean:
 	rm -rf _proc _docs build dist *.egg-info .pytest_cache .hypothesis
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
+
+# Docs site without Quarto: nbdev-processed notebooks rendered by Sphinx + myst-nb into _docs/ (tools/build_docs.py).
+# `make docs` first runs the smoke pipeline (runs/docs-smoke/) so the pipeline pages show executed outputs;
+# DOCS_ARGS= skips it (stage pages then show the unexecuted notebooks). nbdev_docs still works where Quarto exists.
+DOCS_ARGS ?= --smoke
+docs: $(STAMP)
+	$(BIN)/python tools/build_docs.py $(DOCS_ARGS)
+
+PORT ?= 8000
+preview:
+	@test -f _docs/index.html || { echo "no site yet: run 'make docs' first"; exit 1; }
+	@echo "serving _docs/ on http://localhost:$(PORT)/ (Ctrl-C stops)"
+	$(BIN)/python -m http.server $(PORT) --bind 127.0.0.1 --directory _docs
