@@ -23,7 +23,7 @@ suppress_warnings = ["myst.header", "mystnb.unknown_mime_type"]
 # myst / myst-nb: notebooks arrive executed (or deliberately unexecuted) and are rendered as they are.
 nb_execution_mode = "off"
 nb_merge_streams = True
-nb_ipywidgets_js = {}  # no CDN scripts: widget outputs are reduced to their text form by the build script
+nb_ipywidgets_js = {}  # no CDN scripts: the build script drops widget outputs
 myst_enable_extensions = ["colon_fence", "attrs_inline", "attrs_block"]
 myst_heading_anchors = 3
 

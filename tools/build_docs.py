@@ -174,16 +174,14 @@ class apply_directives(Processor):
 
 
 def clean_outputs(nb) -> None:
-    "Offline rendering: widget views become their text form (no CDN scripts); ANSI codes are gone already."
+    "Offline rendering: widget outputs are dropped (they need CDN scripts and a kernel; tqdm bars frozen at 0%)."
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         outs = []
         for o in cell.get("outputs", []):
             data = o.get("data")
-            if data is not None:
-                data.pop("application/vnd.jupyter.widget-view+json", None)
-                if not data:
-                    continue
+            if data is not None and "application/vnd.jupyter.widget-view+json" in data:
+                continue  # a live widget (mostly tqdm bars): its text fallback is a stale "0%" snapshot
             outs.append(o)
         if "outputs" in cell:
             cell.outputs = outs
@@ -210,6 +208,9 @@ def fix_links(text: str, src_dir: Path, page_dir: Path, proc: Path, pages: dict[
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, dst)
             return _relpath(dst, page_dir)
+        if f.exists() and f.is_relative_to(ROOT) and _git_url():  # a repo file (config, script): link to the repo
+            kind = "tree" if f.is_dir() else "blob"
+            return f"{_git_url()}/{kind}/main/{f.relative_to(ROOT).as_posix()}" + (f"#{frag}" if frag else "")
         return url
 
     text = _re_md_link.sub(lambda m: m.group(1) + target(m.group(2), m.group(1).startswith("!")) + m.group(3), text)
@@ -264,7 +265,7 @@ def process_nb(src: Path, nb=None):
 
 
 def executed_copies(run_dir: Path) -> dict[Path, Path]:
-    "Map stage notebook (resolved) -> executed copy in `run_dir`, from papermill's recorded input path."
+    "Map stage notebook (resolved) -> its executed copies in `run_dir` (papermill's recorded input path), best first."
     out = {}
     for f in sorted(run_dir.glob("*.ipynb")) if run_dir.is_dir() else []:
         try:
@@ -275,20 +276,27 @@ def executed_copies(run_dir: Path) -> dict[Path, Path]:
         inp = meta.get("input_path")
         if inp:
             p = Path(inp) if Path(inp).is_absolute() else (ROOT / inp)
-            out[p.resolve()] = f
-    return out
+            out.setdefault(p.resolve(), []).append(f)
+    # a notebook run as several stages (40_rlvr_base, 40_rlvr_sft): the page shows the one named like the
+    # notebook, else the first in the run's stage order (manifest), else by name
+    order = []
+    try:
+        order = [s["name"] for s in json.loads((run_dir / "manifest.json").read_text()).get("stages", [])]
+    except Exception:
+        pass
+    rank = lambda f, nb: (f.stem != nb.stem, order.index(f.stem) if f.stem in order else len(order), f.name)
+    return {nb: sorted(fs, key=lambda f: rank(f, nb)) for nb, fs in out.items()}
 
 
 def _failed(nb_json: dict) -> str | None:
-    pm = nb_json["metadata"].get("papermill", {})
-    if pm.get("exception"):
-        return "the stage raised an exception"
     for c in nb_json["cells"]:
         for o in c.get("outputs", []):
             if o.get("output_type") == "error":
                 return f"{o.get('ename')}: {o.get('evalue')}"[:200]
         if c.get("cell_type") == "code" and c.get("metadata", {}).get("papermill", {}).get("status") == "pending":
             return "not all cells ran"
+    if nb_json["metadata"].get("papermill", {}).get("exception"):
+        return "the stage raised an exception"
     return None
 
 
@@ -338,7 +346,9 @@ def build(args) -> int:
 
     executed = executed_copies(ROOT / "runs" / args.run_id)
     for p in stages:
-        ex = executed.get(p.resolve())
+        copies = executed.get(p.resolve(), [])
+        ex = copies[0] if copies else None
+        also = f" (also run as {', '.join(f'`{c.stem}`' for c in copies[1:])})" if len(copies) > 1 else ""
         note = None
         if ex is None:
             why = f"no executed copy in runs/{args.run_id}/"
@@ -357,7 +367,8 @@ def build(args) -> int:
             else:
                 log(f"{p.relative_to(ROOT)}: executed smoke copy {ex.relative_to(ROOT)}")
                 nb = read_nb(ex)
-                note = note_cell("note", f"Outputs are from the CPU smoke run (`{args.config}`, run `{args.run_id}`).")
+                note = note_cell("note", f"Outputs are from the CPU smoke run (`{args.config}`, run `{args.run_id}`, "
+                                 f"stage `{ex.stem}`{also}).")
         nb = process_nb(p, nb)
         if note is not None:
             idx = next((i + 1 for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and c.source.lstrip().startswith("# ")), 0)
