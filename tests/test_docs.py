@@ -217,3 +217,46 @@ def test_screenshots(site, server, browser):
         _wait_ready(browser)
         browser.save_screenshot(str(SCREENS / fname))
         assert (SCREENS / fname).stat().st_size > 10_000, f"{fname}: screenshot looks empty"
+
+
+def _build_docs_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("build_docs", ROOT / "tools" / "build_docs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_nbdev_directives_processed(tmp_path):
+    "No browser: the build's notebook processing hides/shows what nbdev hides/shows and adds show_doc entries."
+    nbformat = pytest.importorskip("nbformat")
+    bd = _build_docs_module()
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}})
+    code = nbformat.v4.new_code_cell
+    nb.cells = [nbformat.v4.new_markdown_cell("# core\n> Short description."),
+                code("#| default_exp core"),
+                code("#| hide\nsecret = 1"),
+                code("#| export\ndef run_dir(run_id, root='runs', create=True): ...\ndef _private(): ..."),
+                code("#| hide_input\nshown_output_only = 1"),
+                code("#| echo: false\nalso_output_only = 1"),
+                code("#| hide_output\nno_output = 1"),
+                code("x = 1\ny = 2  #| hide_line\nx"),
+                code("#| include: false\ngone = 1"),
+                code("#| exporti\ninternal = 1")]
+    p = tmp_path / "00_core.ipynb"
+    nbformat.write(nb, p)
+    out = bd.process_nb(p)
+    srcs = [c.source for c in out.cells]
+    assert not any("secret" in s or "gone" in s or "internal" in s or "default_exp" in s for s in srcs), srcs
+    assert not any("#|" in s for c in out.cells if c.cell_type == "code" for s in [c.source]), srcs
+    exp = next(c for c in out.cells if "def run_dir" in c.source)
+    assert exp.cell_type == "code" and not exp.source.startswith("#")
+    doc = out.cells[out.cells.index(exp) + 1]
+    assert doc.cell_type == "markdown" and doc.source.startswith("### run_dir") and "api-doc" in doc.source, doc.source
+    assert "The folder of run" in doc.source  # the docstring of ehr_rlvr.core.run_dir
+    assert not any("_private" in c.source for c in out.cells if c.cell_type == "markdown")
+    tags = {c.source.split("\n")[0]: c.metadata.get("tags", []) for c in out.cells if c.cell_type == "code"}
+    assert tags["shown_output_only = 1"] == ["remove-input"] and tags["also_output_only = 1"] == ["remove-input"]
+    assert tags["no_output = 1"] == ["remove-output"]
+    assert next(c for c in out.cells if c.source.startswith("x = 1")).source == "x = 1\nx"
+    assert bd.page_name(Path("nbs/03a_medcalc_formulas.ipynb")) == "medcalc_formulas"
