@@ -7,7 +7,7 @@ same-site links (file and `#anchor`), no missing images (`naturalWidth > 0`), no
 Screenshots of the home page, a library page and a pipeline page go to `_docs_screens/` (self-ignored by git).
 
 The build here skips the smoke pipeline (pipeline pages show `runs/docs-smoke/` when a `make docs` made it, else
-the unexecuted stages); set EHR_RLVR_DOCS_SMOKE=1 to run it. Chromium missing -> skip (CI: .ci/install-browser.sh).
+the unexecuted stages); set EHR_RLVR_DOCS_SMOKE=1 to run it, EHR_RLVR_DOCS_RUN_ID=<id> to show another run. Chromium missing -> skip (CI: .ci/install-browser.sh).
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "_docs"
 SCREENS = ROOT / "_docs_screens"
+RUN_ID = os.environ.get("EHR_RLVR_DOCS_RUN_ID", "docs-smoke")  # whose executed stages the pipeline pages show
 CHROMIUM = os.environ.get("EHR_RLVR_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("EHR_RLVR_CHROMEDRIVER", "/usr/bin/chromedriver")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -38,7 +39,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 
 def _sources() -> list[Path]:
-    pats = [("nbs", "**/*.ipynb"), ("docs", "**/*"), ("ehr_rlvr", "**/*.py"), ("runs/docs-smoke", "*.ipynb")]
+    pats = [("nbs", "**/*.ipynb"), ("docs", "**/*"), ("ehr_rlvr", "**/*.py"), (f"runs/{RUN_ID}", "*.ipynb")]
     out = [ROOT / "tools" / "build_docs.py", ROOT / "settings.ini"]
     for d, pat in pats:
         out += [p for p in (ROOT / d).glob(pat) if p.is_file()]
@@ -57,7 +58,7 @@ def site() -> Path:
     for mod in ("sphinx", "myst_nb", "sphinx_book_theme"):
         pytest.importorskip(mod, reason=f"{mod} missing: install the docs extras (settings.ini docs_requirements)")
     if _stale():
-        args = [sys.executable, str(ROOT / "tools" / "build_docs.py"), "--jobs", "2"]
+        args = [sys.executable, str(ROOT / "tools" / "build_docs.py"), "--jobs", "2", "--run-id", RUN_ID]
         if os.environ.get("EHR_RLVR_DOCS_SMOKE") == "1":
             args.append("--smoke")
         t0 = time.time()

@@ -417,7 +417,8 @@ def build(args) -> int:
     if r.returncode:
         log(f"ERROR sphinx failed (exit {r.returncode})")
         return r.returncode
-    shutil.copy2(proc / "build_log.txt", out / "build_log.txt")
+    if (proc / "_assets").is_dir():  # images referenced from raw HTML (`<img src=...>`): sphinx copies only markdown images
+        shutil.copytree(proc / "_assets", out / "_assets", dirs_exist_ok=True)
     log(f"site in {out.relative_to(ROOT)}/ (sphinx {time.time() - t1:.1f} s, total {time.time() - t0:.1f} s); "
         f"preview: make preview")
     (out / "build_log.txt").write_text("\n".join(LOG) + "\n")
