@@ -17,7 +17,7 @@ release = version = _s.get("version", "")
 
 extensions = ["myst_nb", "sphinx.ext.githubpages"]  # githubpages: .nojekyll so GitHub Pages serves _static/
 root_doc = "index"
-exclude_patterns = ["_doctrees", "_assets", "**/.ipynb_checkpoints", "build_log.txt"]
+exclude_patterns = ["_doctrees", "_build", "_assets", "**/.ipynb_checkpoints", "build_log.txt"]
 suppress_warnings = ["myst.header", "mystnb.unknown_mime_type"]
 
 # myst / myst-nb: notebooks arrive executed (or deliberately unexecuted) and are rendered as they are.

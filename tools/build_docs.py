@@ -407,16 +407,20 @@ def build(args) -> int:
 
     (proc / "build_log.txt").write_text("\n".join(LOG) + "\n")
     t1 = time.time()
+    # sphinx writes into _proc/_build/html (myst-nb puts its jupyter_execute/ next to the html folder), then the
+    # finished site replaces `out` in one move
+    html = proc / "_build" / "html"
     cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-c", str(ROOT / "docs"), "-d", str(proc / "_doctrees"),
-           "-j", str(args.jobs), "-q", str(proc), str(out)]
+           "-j", str(args.jobs), "-q", str(proc), str(html)]
     if args.strict:
         cmd.insert(-2, "-W")
-    if out.exists():
-        shutil.rmtree(out)
     r = subprocess.run(cmd, cwd=ROOT)
     if r.returncode:
         log(f"ERROR sphinx failed (exit {r.returncode})")
         return r.returncode
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.move(html, out)
     if (proc / "_assets").is_dir():  # images referenced from raw HTML (`<img src=...>`): sphinx copies only markdown images
         shutil.copytree(proc / "_assets", out / "_assets", dirs_exist_ok=True)
     log(f"site in {out.relative_to(ROOT)}/ (sphinx {time.time() - t1:.1f} s, total {time.time() - t0:.1f} s); "
