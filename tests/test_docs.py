@@ -210,12 +210,23 @@ def test_screenshots(site, server, browser):
     SCREENS.mkdir(exist_ok=True)
     (SCREENS / ".gitignore").write_text("*\n")
     stages = sorted(p.relative_to(site).as_posix() for p in (site / "pipeline").glob("*.html"))
-    shots = {"index.png": "index.html", "core.png": "core.html", "pipeline.png": stages[0] if stages else None}
-    for fname, page in shots.items():
+    # the pipeline page with the most figures (the first stage when none has any), then its first figure
+    n_img = {p: (site / p).read_text(encoding="utf-8").count("<img") for p in stages}
+    stage = max(stages, key=lambda p: (n_img[p], -stages.index(p))) if stages else None
+    shots = {"index.png": ("index.html", None), "core.png": ("core.html", None), "pipeline.png": (stage, None)}
+    if stage and n_img[stage]:
+        shots["pipeline_figure.png"] = (stage, "div.cell_output img")
+    for fname, (page, sel) in shots.items():
         if page is None or not (site / page).exists():
             continue
         browser.get(urljoin(base, page))
         _wait_ready(browser)
+        browser.execute_script("sessionStorage.clear()")  # the theme restores the sidebar scroll of the last page
+        browser.refresh()
+        _wait_ready(browser)
+        if sel:
+            browser.execute_script(f"document.querySelector('{sel}').scrollIntoView(); window.scrollBy(0, -150);")
+            time.sleep(0.3)
         browser.save_screenshot(str(SCREENS / fname))
         assert (SCREENS / fname).stat().st_size > 10_000, f"{fname}: screenshot looks empty"
 
