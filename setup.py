@@ -10,6 +10,7 @@ cfg = config["DEFAULT"]
 
 requirements = shlex.split(cfg.get("requirements", ""))
 dev_requirements = shlex.split(cfg.get("dev_requirements", ""))
+docs_requirements = shlex.split(cfg.get("docs_requirements", ""))
 console_scripts = shlex.split(cfg.get("console_scripts", ""))
 
 setuptools.setup(
@@ -27,7 +28,7 @@ setuptools.setup(
     include_package_data=True,
     python_requires=">=" + cfg["min_python"],
     install_requires=requirements,
-    extras_require={"dev": dev_requirements},
+    extras_require={"dev": dev_requirements, "docs": docs_requirements},
     entry_points={
         "console_scripts": console_scripts,
         "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],

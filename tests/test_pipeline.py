@@ -1,0 +1,69 @@
+"""The papermill runner on the real stages: refuses unknown parameters, reports failing stages, resumes, smoke run."""
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, run_cli
+from ehr_rlvr.core import ConfigError, load_config
+from ehr_rlvr.pipeline import pipeline_dir, resolve_stages
+
+
+def test_runner_refuses_a_parameter_no_stage_declares(tmp_path):
+    cfg = tmp_path / "typo.yaml"
+    cfg.write_text("stages: [10_data]\nn_per_calculater: 5\n")
+    with pytest.raises(ConfigError, match=r"\['n_per_calculater'\] are declared by none"):
+        resolve_stages(load_config(cfg), pipeline_dir(ROOT), tmp_path / "run")
+    p = run_cli("pipeline", cfg, "--runs-root", tmp_path / "runs")
+    assert p.returncode == 2 and "n_per_calculater" in p.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.ipynb")), "nothing may run"
+
+
+def test_runner_refuses_a_stage_parameter_the_notebook_lacks(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("stages: [{name: 30_sft, params: {lr: 0.1}}]\n")
+    with pytest.raises(ConfigError, match=r"does not declare: \['lr'\]"):
+        resolve_stages(load_config(cfg), pipeline_dir(ROOT), tmp_path / "run")
+
+
+def test_failing_stage_is_reported_with_cell_and_notebook(tmp_path):
+    cfg = tmp_path / "fail.yaml"
+    cfg.write_text("name: fail\nstages: [10_data]\nsource: /no/such/medcalc.csv\n")
+    p = run_cli("pipeline", cfg, "--run-id", "f1", "--runs-root", tmp_path / "runs", "--no-progress")
+    assert p.returncode != 0
+    assert "Stage '10_data' failed in cell" in p.stderr
+    executed = tmp_path / "runs" / "f1" / "10_data.ipynb"
+    assert str(executed) in p.stderr and executed.exists()
+    assert "/no/such/medcalc.csv" in p.stderr
+
+
+def test_smoke_run_writes_manifest_notebooks_and_results(smoke_run):
+    man = json.loads((smoke_run / "manifest.json").read_text())
+    assert {"config", "git", "packages", "data", "seed", "host"} <= set(man)
+    assert man["git"]["sha"] and man["packages"]["trl"] == "1.16.0" and man["seed"] == 0
+    for st in ("10_data", "15_pretrain", "30_sft", "40_rlvr_base", "40_rlvr_sft", "50_evaluate", "60_report"):
+        assert (smoke_run / f"{st}.ipynb").exists(), st
+        assert json.loads((smoke_run / "stages" / f"{st}.json").read_text())["status"] == "done"
+    res = pd.read_csv(smoke_run / "report" / "results.csv")
+    assert list(res.columns) == ["task", "regime", "metric", "value", "ci_low", "ci_high", "n"]
+    acc = res[res["metric"] == "accuracy"]
+    assert sorted(acc["regime"]) == ["base", "rlvr", "sft", "sft_rlvr"]
+    assert ((acc["ci_low"] <= acc["value"]) & (acc["value"] <= acc["ci_high"])).all()
+    assert (smoke_run / "report" / "regimes.png").stat().st_size > 1000
+    assert list((smoke_run / "rl" / "sft_rlvr").rglob("events.out.tfevents*")), "TensorBoard events expected"
+
+
+def test_rerun_resumes_a_half_done_run(smoke_run):
+    # Forget the last two stages, as if the run had stopped after RLVR: a rerun must skip the finished stages
+    # and redo only these two, reproducing the same results.
+    before = pd.read_csv(smoke_run / "report" / "results.csv")
+    for st in ("50_evaluate", "60_report"):
+        (smoke_run / "stages" / f"{st}.json").unlink()
+    (smoke_run / "report" / "results.csv").unlink()
+    p = run_cli("pipeline", "configs/smoke.yaml", "--run-id", "smoke", "--runs-root", smoke_run.parent, "--no-progress")
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = p.stdout
+    for st in ("10_data", "15_pretrain", "30_sft", "40_rlvr_base", "40_rlvr_sft"):
+        assert f"{st}: done earlier, skipped" in out
+    assert "50_evaluate: running" in out and "60_report: running" in out
+    pd.testing.assert_frame_equal(before, pd.read_csv(smoke_run / "report" / "results.csv"))
