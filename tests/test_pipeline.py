@@ -67,3 +67,12 @@ def test_rerun_resumes_a_half_done_run(smoke_run):
         assert f"{st}: done earlier, skipped" in out
     assert "50_evaluate: running" in out and "60_report: running" in out
     pd.testing.assert_frame_equal(before, pd.read_csv(smoke_run / "report" / "results.csv"))
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_config_resolves_against_the_stages(config, tmp_path):
+    cfg = load_config(ROOT / "configs" / config)
+    stages = resolve_stages(cfg, pipeline_dir(ROOT), tmp_path / "run")
+    assert stages and all(s["path"].exists() for s in stages)
+    if cfg["requires"] == "gpu":
+        assert cfg["params"]["model_id"] != "tiny" and "15_pretrain" not in [s["notebook"] for s in stages]
