@@ -6,8 +6,10 @@ same-site links (file and `#anchor`), no missing images (`naturalWidth > 0`), no
 (the site works offline), no JS console errors; that search works; that library pages carry API entries.
 Screenshots of the home page, a library page and a pipeline page go to `_docs_screens/` (self-ignored by git).
 
-The build here skips the smoke pipeline (pipeline pages show `runs/docs-smoke/` when a `make docs` made it, else
-the unexecuted stages); set EHR_RLVR_DOCS_SMOKE=1 to run it, EHR_RLVR_DOCS_RUN_ID=<id> to show another run. Chromium missing -> skip (CI: .ci/install-browser.sh).
+A site that `make docs` built and that is newer than its sources (notebooks, docs/, the build script, the package,
+runs/docs-smoke/) is tested as it is; otherwise it is rebuilt with the pipeline pages showing the session's smoke
+run (the `smoke_run` fixture of tests/conftest.py, shared with tests/test_pipeline.py; unexecuted stages if that
+fails). Chromium missing -> skip (CI: .ci/install-browser.sh).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 from urllib.request import urlopen
@@ -30,7 +33,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "_docs"
 SCREENS = ROOT / "_docs_screens"
-RUN_ID = os.environ.get("EHR_RLVR_DOCS_RUN_ID", "docs-smoke")  # whose executed stages the pipeline pages show
 CHROMIUM = os.environ.get("EHR_RLVR_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("EHR_RLVR_CHROMEDRIVER", "/usr/bin/chromedriver")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,7 +41,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 
 def _sources() -> list[Path]:
-    pats = [("nbs", "**/*.ipynb"), ("docs", "**/*"), ("ehr_rlvr", "**/*.py"), (f"runs/{RUN_ID}", "*.ipynb")]
+    pats = [("nbs", "**/*.ipynb"), ("docs", "**/*"), ("ehr_rlvr", "**/*.py"), ("runs/docs-smoke", "*.ipynb")]
     out = [ROOT / "tools" / "build_docs.py", ROOT / "settings.ini"]
     for d, pat in pats:
         out += [p for p in (ROOT / d).glob(pat) if p.is_file()]
@@ -54,13 +56,15 @@ def _stale() -> bool:
 
 
 @pytest.fixture(scope="module")
-def site() -> Path:
+def site(request) -> Path:
     for mod in ("sphinx", "myst_nb", "sphinx_book_theme"):
         pytest.importorskip(mod, reason=f"{mod} missing: install the docs extras (settings.ini docs_requirements)")
     if _stale():
-        args = [sys.executable, str(ROOT / "tools" / "build_docs.py"), "--jobs", "2", "--run-id", RUN_ID]
-        if os.environ.get("EHR_RLVR_DOCS_SMOKE") == "1":
-            args.append("--smoke")
+        args = [sys.executable, str(ROOT / "tools" / "build_docs.py"), "--jobs", "2"]
+        try:  # the session's smoke run (tests/conftest.py), shared with tests/test_pipeline.py
+            args += ["--run-dir", str(request.getfixturevalue("smoke_run"))]
+        except (Exception, pytest.skip.Exception, pytest.fail.Exception) as e:  # no fixture, or the run failed/skipped
+            warnings.warn(f"docs: pipeline pages without smoke outputs ({type(e).__name__}: {str(e)[:200]})")
         t0 = time.time()
         r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, f"docs build failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"

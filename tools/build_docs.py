@@ -344,14 +344,16 @@ def build(args) -> int:
     for p in lib:
         processed[p] = process_nb(p)
 
-    executed = executed_copies(ROOT / "runs" / args.run_id)
+    run_dir = Path(args.run_dir) if args.run_dir else ROOT / "runs" / args.run_id
+    run_label = f"runs/{args.run_id}/" if not args.run_dir else str(run_dir)
+    executed = executed_copies(run_dir)
     for p in stages:
         copies = executed.get(p.resolve(), [])
         ex = copies[0] if copies else None
         also = f" (also run as {', '.join(f'`{c.stem}`' for c in copies[1:])})" if len(copies) > 1 else ""
         note = None
         if ex is None:
-            why = f"no executed copy in runs/{args.run_id}/"
+            why = f"no executed copy in {run_label}"
             log(f"FALLBACK {p.relative_to(ROOT)}: {why}; the page shows the unexecuted notebook")
             nb = read_nb(p)
             note = note_cell("note", f"This page shows the stage notebook **without outputs**: {why} "
@@ -365,9 +367,9 @@ def build(args) -> int:
                 note = note_cell("warning", f"The smoke run of this stage failed ({why}); this page shows the "
                                  "stage notebook **without outputs**.")
             else:
-                log(f"{p.relative_to(ROOT)}: executed smoke copy {ex.relative_to(ROOT)}")
+                log(f"{p.relative_to(ROOT)}: executed smoke copy {ex}")
                 nb = read_nb(ex)
-                note = note_cell("note", f"Outputs are from the CPU smoke run (`{args.config}`, run `{args.run_id}`, "
+                note = note_cell("note", f"Outputs are from the CPU smoke run (`{args.config}`, run `{run_dir.name}`, "
                                  f"stage `{ex.stem}`{also}).")
         nb = process_nb(p, nb)
         if note is not None:
@@ -457,6 +459,7 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="run the smoke pipeline first (executed stage pages)")
     ap.add_argument("--config", default="configs/smoke.yaml", help="pipeline config of the smoke run")
     ap.add_argument("--run-id", default="docs-smoke", help="run id whose executed stages the pipeline pages show")
+    ap.add_argument("--run-dir", default=None, help="folder of an executed run to show instead of runs/<run-id>")
     ap.add_argument("--smoke-timeout", type=int, default=1800, help="seconds before the smoke run is abandoned")
     ap.add_argument("--out", default="_docs", help="site folder")
     ap.add_argument("--proc", default="_proc", help="processed notebooks (intermediate)")
