@@ -84,4 +84,4 @@ PORT ?= 8000
 preview:
 	@test -f _docs/index.html || { echo "no site yet: run 'make docs' first"; exit 1; }
 	@echo "serving _docs/ on http://localhost:$(PORT)/ (Ctrl-C stops)"
-	$(BIN)/python -m http.server $(PORT) --bind 127.0.0.1 --directory _docs
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m http.server $(PORT) --bind 127.0.0.1 --directory _docs

@@ -60,7 +60,7 @@ def site(request) -> Path:
     for mod in ("sphinx", "myst_nb", "sphinx_book_theme"):
         pytest.importorskip(mod, reason=f"{mod} missing: install the docs extras (settings.ini docs_requirements)")
     if _stale():
-        args = [sys.executable, str(ROOT / "tools" / "build_docs.py"), "--jobs", "2"]
+        args = [sys.executable, str(ROOT / "tools" / "build_docs.py"), "--jobs", "2", "--strict"]  # warnings fail
         try:  # the session's smoke run (tests/conftest.py), shared with tests/test_pipeline.py
             args += ["--run-dir", str(request.getfixturevalue("smoke_run"))]
         except (Exception, pytest.skip.Exception, pytest.fail.Exception) as e:  # no fixture, or the run failed/skipped
