@@ -258,7 +258,8 @@ def test_nbdev_directives_processed(tmp_path):
                 code("#| hide_output\nno_output = 1"),
                 code("x = 1\ny = 2  #| hide_line\nx"),
                 code("#| include: false\ngone = 1"),
-                code("#| exporti\ninternal = 1")]
+                code("#| exporti\ninternal = 1"),
+                code("show_doc(check_run_id)")]
     p = tmp_path / "00_core.ipynb"
     nbformat.write(nb, p)
     out = bd.process_nb(p)
@@ -275,4 +276,5 @@ def test_nbdev_directives_processed(tmp_path):
     assert tags["shown_output_only = 1"] == ["remove-input"] and tags["also_output_only = 1"] == ["remove-input"]
     assert tags["no_output = 1"] == ["remove-output"]
     assert next(c for c in out.cells if c.source.startswith("x = 1")).source == "x = 1\nx"
+    assert out.cells[-1].cell_type == "markdown" and out.cells[-1].source.startswith("### check_run_id")
     assert bd.page_name(Path("nbs/03a_medcalc_formulas.ipynb")) == "medcalc_formulas"

@@ -122,17 +122,17 @@ class static_show_docs(Processor):
         self.documented = self.nb.documented_ = []
 
     def cell(self, cell):
-        if not getattr(cell, "has_sd", False):
+        m = re.fullmatch(r"show_doc\(([\w.]+)\)", cell.source.strip()) if cell.cell_type == "code" else None
+        if not m:  # nbdev's inserted cells and a notebook's own `show_doc(name)` cells
             return
-        name = re.match(r"show_doc\((.+)\)$", cell.source.strip()).group(1)
-        if self.mod is None:
-            del cell["source"]
-            return
+        name, auto = m.group(1), getattr(cell, "has_sd", False)
         try:
             obj = _resolve(self.mod, name)
         except AttributeError:
-            log(f"WARNING {Path(self.nb.path_).name}: `{name}` is not in module {self.mod.__name__}: no API entry")
-            del cell["source"]
+            where = self.mod.__name__ if self.mod else "(no default_exp)"
+            log(f"WARNING {Path(self.nb.path_).name}: `{name}` is not in module {where}: no API entry")
+            if auto:
+                del cell["source"]
             return
         cell.cell_type, cell.source = "markdown", render_doc(obj, name)
         for k in ("outputs", "execution_count"):
