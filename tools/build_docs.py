@@ -332,6 +332,7 @@ def build(args) -> int:
     proc.mkdir(parents=True)
     if args.smoke:
         run_smoke(ROOT / args.config, args.run_id, args.smoke_timeout)
+        t0 = time.time()  # build time below excludes the smoke run
 
     lib = [p for p in sorted(nbs.glob("*.ipynb")) if not p.name.startswith("_") and p.name != "index.ipynb"]
     stages = [p for p in sorted((nbs / "pipeline").glob("*.ipynb")) if not p.name.startswith("_")]
