@@ -64,7 +64,7 @@ def site(request) -> Path:
         try:  # the session's smoke run (tests/conftest.py), shared with tests/test_pipeline.py
             args += ["--run-dir", str(request.getfixturevalue("smoke_run"))]
         except (Exception, pytest.skip.Exception, pytest.fail.Exception) as e:  # no fixture, or the run failed/skipped
-            warnings.warn(f"docs: pipeline pages without smoke outputs ({type(e).__name__}: {str(e)[:200]})")
+            warnings.warn(f"docs: pipeline pages without smoke outputs ({type(e).__name__}: ...{str(e)[-400:]})")
         t0 = time.time()
         r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, f"docs build failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
