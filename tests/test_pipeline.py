@@ -41,7 +41,8 @@ def test_smoke_run_writes_manifest_notebooks_and_results(smoke_run):
     man = json.loads((smoke_run / "manifest.json").read_text())
     assert {"config", "git", "packages", "data", "seed", "host"} <= set(man)
     assert man["git"]["sha"] and man["packages"]["trl"] == "1.16.0" and man["seed"] == 0
-    for st in ("10_data", "15_pretrain", "30_sft", "40_rlvr_base", "40_rlvr_sft", "50_evaluate", "60_report"):
+    for st in ("10_data", "15_pretrain", "20_pilot", "30_sft", "40_rlvr_base", "40_rlvr_sft", "50_evaluate",
+               "20_pilot_sft_rlvr", "60_report"):
         assert (smoke_run / f"{st}.ipynb").exists(), st
         assert json.loads((smoke_run / "stages" / f"{st}.json").read_text())["status"] == "done"
     res = pd.read_csv(smoke_run / "report" / "results.csv")
@@ -51,19 +52,23 @@ def test_smoke_run_writes_manifest_notebooks_and_results(smoke_run):
     assert ((acc["ci_low"] <= acc["value"]) & (acc["value"] <= acc["ci_high"])).all()
     assert (smoke_run / "report" / "regimes.png").stat().st_size > 1000
     assert list((smoke_run / "rl" / "sft_rlvr").rglob("events.out.tfevents*")), "TensorBoard events expected"
+    modes = pd.read_csv(smoke_run / "pilot" / "failure_modes.csv")
+    assert list(modes.columns[:7]) == ["calculator_id", "calculator", "category", "n", "pass_at_1", "pass_at_k", "mode"]
+    assert set(modes["mode"]) <= {"solved", "misapplied", "missing"}
+    assert (smoke_run / "report" / "pilot_pass_vs_passk.png").exists()
 
 
 def test_rerun_resumes_a_half_done_run(smoke_run):
     # Forget the last two stages, as if the run had stopped after RLVR: a rerun must skip the finished stages
     # and redo only these two, reproducing the same results.
     before = pd.read_csv(smoke_run / "report" / "results.csv")
-    for st in ("50_evaluate", "60_report"):
+    for st in ("50_evaluate", "20_pilot_sft_rlvr", "60_report"):
         (smoke_run / "stages" / f"{st}.json").unlink()
     (smoke_run / "report" / "results.csv").unlink()
     p = run_cli("pipeline", "configs/smoke.yaml", "--run-id", "smoke", "--runs-root", smoke_run.parent, "--no-progress")
     assert p.returncode == 0, p.stderr[-2000:]
     out = p.stdout
-    for st in ("10_data", "15_pretrain", "30_sft", "40_rlvr_base", "40_rlvr_sft"):
+    for st in ("10_data", "15_pretrain", "20_pilot", "30_sft", "40_rlvr_base", "40_rlvr_sft"):
         assert f"{st}: done earlier, skipped" in out
     assert "50_evaluate: running" in out and "60_report: running" in out
     pd.testing.assert_frame_equal(before, pd.read_csv(smoke_run / "report" / "results.csv"))
