@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 # %% auto #0
-__all__ = ['RESULT_COLUMNS', 'REGIME_ORDER', 'COLORS', 'gather_results', 'plot_regimes', 'rl_history', 'plot_rl_curves']
+__all__ = ['RESULT_COLUMNS', 'REGIME_ORDER', 'COLORS', 'gather_results', 'sft_knowledge_table', 'plot_regimes', 'rl_history',
+           'plot_rl_curves']
 
 # %% ../nbs/09_report.ipynb #b14470b8
 RESULT_COLUMNS = ["task", "regime", "metric", "value", "ci_low", "ci_high", "n"]
@@ -38,6 +39,31 @@ def gather_results(run_dir: str | Path,  # the run directory
     order = {r: i for i, r in enumerate(REGIME_ORDER)}
     return df.sort_values(["task", "regime", "metric"], key=lambda s: s.map(order).fillna(99) if s.name == "regime" else s,
                           kind="stable").reset_index(drop=True)
+
+# %% ../nbs/09_report.ipynb #e6d0b845
+def sft_knowledge_table(run_dir: str | Path,  # the run directory
+                        metric: str = "accuracy",  # main metric, read from `eval/<model>/metrics.json`
+                        by: str = "calculator_id",  # predictions column to break accuracy down by
+                       ) -> pd.DataFrame:
+    "One row per SFT model of a run: knowledge choice, calculators and rows taught, held-out metric, accuracy per `by`."
+    run, recs = Path(run_dir), []
+    for sel_path in sorted(run.glob("sft_data/*_selection.csv"), key=lambda p: p.name.removesuffix("_selection.csv")):
+        name = sel_path.name.removesuffix("_selection.csv")
+        sel = pd.read_csv(sel_path)
+        card = run / "models" / name / "model_card.json"
+        rec = {"sft_model": name, "knowledge": json.loads(card.read_text()).get("knowledge") if card.exists() else None,
+               "taught": " ".join(str(c) for c in sorted(sel[by])) if by in sel else None, "rows": int(sel["rows"].sum())}
+        ev = run / "eval" / name
+        if (ev / "metrics.json").exists():
+            m = {r["metric"]: r for r in json.loads((ev / "metrics.json").read_text())["rows"]}
+            if metric in m:
+                rec |= {metric: m[metric]["value"], "ci_low": m[metric]["ci_low"], "ci_high": m[metric]["ci_high"]}
+        if (ev / "predictions.parquet").exists():
+            pred = pd.read_parquet(ev / "predictions.parquet")
+            if by in pred:
+                rec |= {f"acc/{k}": v for k, v in pred.groupby(by)["correct"].mean().items()}
+        recs.append(rec)
+    return pd.DataFrame(recs)
 
 # %% ../nbs/09_report.ipynb #c87781e2
 COLORS = {"base": "#9e9e9e", "sft": "#4c72b0", "rlvr": "#dd8452", "sft_rlvr": "#55a868"}
