@@ -76,7 +76,8 @@ def plot_regimes(results: pd.DataFrame,  # from `gather_results`
     d = results[results["metric"] == metric]
     tasks = list(dict.fromkeys(d["task"]))
     if ax is None:
-        fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(4.5 * max(1, len(tasks)), 3.6), squeeze=False)
+        width = max(4.5, 1.0 * d.groupby("task")["regime"].nunique().max() + 1.0) if len(d) else 4.5
+        fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(width * max(1, len(tasks)), 3.6), squeeze=False)
         axes = axes[0]
     else:
         axes, fig = [ax], ax.figure
