@@ -77,6 +77,7 @@ def seed_everything(seed: int,  # the run's seed
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = False  # NaN-filling new tensors: costly, not needed
         if torch.backends.cudnn.is_available():
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
