@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 # %% auto #0
-__all__ = ['RESULT_COLUMNS', 'REGIME_ORDER', 'COLORS', 'gather_results', 'sft_knowledge_table', 'plot_regimes', 'rl_history',
-           'plot_rl_curves']
+__all__ = ['RESULT_COLUMNS', 'REGIME_ORDER', 'COMPARISONS', 'COMPARISON_COLUMNS', 'COLORS', 'gather_results',
+           'sft_knowledge_table', 'paired_comparisons', 'plot_regimes', 'rl_history', 'plot_rl_curves']
 
 # %% ../nbs/09_report.ipynb #b14470b8
 RESULT_COLUMNS = ["task", "regime", "metric", "value", "ci_low", "ci_high", "n"]
@@ -64,6 +64,46 @@ def sft_knowledge_table(run_dir: str | Path,  # the run directory
                 rec |= {f"acc/{k}": v for k, v in pred.groupby(by)["correct"].mean().items()}
         recs.append(rec)
     return pd.DataFrame(recs)
+
+# %% ../nbs/09_report.ipynb #43c0468c
+COMPARISONS = [("sft", "base"), ("sft_rlvr", "sft"), ("rlvr", "base"), ("sft_rlvr", "base")]
+COMPARISON_COLUMNS = ["task", "comparison", "regime", "baseline", "diff", "ci_low", "ci_high", "n"]
+
+
+def paired_comparisons(run_dir: str | Path,  # the run directory
+                       pairs: list[tuple[str, str]] = COMPARISONS,  # (regime, baseline) pairs; missing regimes are skipped
+                       column: str = "correct",  # 0/1 column of `predictions.parquet` to compare
+                       n_boot: int = 1000,  # bootstrap resamples
+                       seed: int = 0,  # resampling seed
+                      ) -> pd.DataFrame:
+    "Difference `regime - baseline` in mean `column` on the rows both were evaluated on, with a paired bootstrap 95 % CI."
+    from ehr_rlvr.metrics import bootstrap_ci
+    run, recs = Path(run_dir), []
+    task = None
+    for regime, baseline in pairs:
+        paths = [run / "eval" / r / "predictions.parquet" for r in (regime, baseline)]
+        if not all(p.exists() for p in paths):
+            continue
+        a, b = (pd.read_parquet(p) for p in paths)
+        for name, df, path in (("regime", a, paths[0]), ("baseline", b, paths[1])):
+            missing = {"id", column} - set(df.columns)
+            if missing:
+                raise ValueError(f"{path}: no column(s) {sorted(missing)}")
+            if df["id"].duplicated().any():
+                raise ValueError(f"{path}: row ids repeat ({df['id'][df['id'].duplicated()].iloc[0]!r}); "
+                                 "paired comparisons need one greedy prediction per row")
+        m = a[["id", column]].merge(b[["id", column]], on="id", suffixes=("_a", "_b"))
+        if len(m) < max(len(a), len(b)):
+            raise ValueError(f"{regime} and {baseline} were evaluated on different rows "
+                             f"({len(a)} and {len(b)} rows, {len(m)} shared): rerun 50_evaluate on one split")
+        if task is None:
+            mj = run / "eval" / regime / "metrics.json"
+            task = json.loads(mj.read_text()).get("task") if mj.exists() else None
+        diff, lo, hi = bootstrap_ci(lambda x, y: x.mean() - y.mean(), m[f"{column}_a"].astype(float).to_numpy(),
+                                    m[f"{column}_b"].astype(float).to_numpy(), n_boot=n_boot, seed=seed)
+        recs.append({"task": task, "comparison": f"{regime} - {baseline}", "regime": regime, "baseline": baseline,
+                     "diff": diff, "ci_low": lo, "ci_high": hi, "n": len(m)})
+    return pd.DataFrame(recs, columns=COMPARISON_COLUMNS)
 
 # %% ../nbs/09_report.ipynb #c87781e2
 COLORS = {"base": "#9e9e9e", "sft": "#4c72b0", "rlvr": "#dd8452", "sft_rlvr": "#55a868"}

@@ -51,6 +51,13 @@ def test_smoke_run_writes_manifest_notebooks_and_results(smoke_run):
     assert sorted(acc["regime"]) == ["base", "rlvr", "sft", "sft_rlvr"]
     assert ((acc["ci_low"] <= acc["value"]) & (acc["value"] <= acc["ci_high"])).all()
     assert (smoke_run / "report" / "regimes.png").stat().st_size > 1000
+    # paired differences agree with the per-regime accuracies they are computed from
+    cmp = pd.read_csv(smoke_run / "report" / "comparisons.csv").set_index("comparison")
+    assert list(cmp.index) == ["sft - base", "sft_rlvr - sft", "rlvr - base", "sft_rlvr - base"]
+    a = acc.set_index("regime")["value"]
+    for comp, row in cmp.iterrows():
+        assert abs(row["diff"] - (a[row["regime"]] - a[row["baseline"]])) < 1e-9, comp
+        assert row["ci_low"] <= row["diff"] <= row["ci_high"] and row["n"] == acc["n"].iloc[0]
     assert list((smoke_run / "rl" / "sft_rlvr").rglob("events.out.tfevents*")), "TensorBoard events expected"
     modes = pd.read_csv(smoke_run / "pilot" / "failure_modes.csv")
     assert list(modes.columns[:7]) == ["calculator_id", "calculator", "category", "n", "pass_at_1", "pass_at_k", "mode"]
