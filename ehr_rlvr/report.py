@@ -12,6 +12,8 @@ import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from .metrics import bootstrap_ci
+
 # %% auto #0
 __all__ = ['RESULT_COLUMNS', 'REGIME_ORDER', 'COMPARISONS', 'COMPARISON_COLUMNS', 'COLORS', 'gather_results',
            'sft_knowledge_table', 'paired_comparisons', 'plot_regimes', 'rl_history', 'plot_rl_curves']
@@ -77,21 +79,26 @@ def paired_comparisons(run_dir: str | Path,  # the run directory
                        seed: int = 0,  # resampling seed
                       ) -> pd.DataFrame:
     "Difference `regime - baseline` in mean `column` on the rows both were evaluated on, with a paired bootstrap 95 % CI."
-    from ehr_rlvr.metrics import bootstrap_ci
-    run, recs = Path(run_dir), []
-    task = None
-    for regime, baseline in pairs:
-        paths = [run / "eval" / r / "predictions.parquet" for r in (regime, baseline)]
-        if not all(p.exists() for p in paths):
-            continue
-        a, b = (pd.read_parquet(p) for p in paths)
-        for name, df, path in (("regime", a, paths[0]), ("baseline", b, paths[1])):
+    run, recs, preds = Path(run_dir), [], {}
+
+    def load(regime):  # each regime's predictions, read and checked once
+        if regime not in preds:
+            path = run / "eval" / regime / "predictions.parquet"
+            df = pd.read_parquet(path)
             missing = {"id", column} - set(df.columns)
             if missing:
                 raise ValueError(f"{path}: no column(s) {sorted(missing)}")
             if df["id"].duplicated().any():
                 raise ValueError(f"{path}: row ids repeat ({df['id'][df['id'].duplicated()].iloc[0]!r}); "
                                  "paired comparisons need one greedy prediction per row")
+            preds[regime] = df
+        return preds[regime]
+
+    task = None
+    for regime, baseline in pairs:
+        if not all((run / "eval" / r / "predictions.parquet").exists() for r in (regime, baseline)):
+            continue
+        a, b = load(regime), load(baseline)
         m = a[["id", column]].merge(b[["id", column]], on="id", suffixes=("_a", "_b"))
         if len(m) < max(len(a), len(b)):
             raise ValueError(f"{regime} and {baseline} were evaluated on different rows "
