@@ -141,3 +141,23 @@ def test_deterministic_across_processes():
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": str(h)}).stdout for h in (1, 2)}
     assert len(outs) == 1, outs
+
+
+@pytest.mark.parametrize("cid,criterion,entity", [(45, "BUN", "Blood Urea Nitrogen (BUN)"),
+                                                   (51, "WBC", "White blood cell count")])
+def test_misapplied_variant_is_the_score_without_that_input(cid, criterion, entity):
+    # CRB-65 / SIRS without the WBC criterion, computed independently: the calculator run on the entities with that
+    # input removed (missing inputs count as normal) must give the rewritten row's answer.
+    from ehr_rlvr.medcalc.synthetic import misapply_notes
+    df = generate_notes([cid], 150, seed=11)
+    m = misapply_notes(df, {cid: criterion}, rate=1.0, seed=0)
+    assert m["Note Type"].str.contains("misapplied").all()
+    changed = 0
+    for (_, r), (_, g) in zip(m.iterrows(), df.iterrows()):
+        ents = ast.literal_eval(g["Relevant Entities"])
+        ents.pop(entity, None)
+        assert int(r["Ground Truth Answer"]) == compute(cid, ents).answer, r["Note ID"]
+        assert criterion not in r["Ground Truth Explanation"]
+        changed += r["Ground Truth Answer"] != g["Ground Truth Answer"]
+    assert 0.2 < changed / len(df) < 0.9        # the variant is wrong often, not always
+    assert (misapply_notes(df, {cid: criterion}, rate=0.0)["Ground Truth Answer"] == df["Ground Truth Answer"]).all()

@@ -19,7 +19,7 @@ __all__ = ['AGE', 'SEX', 'WEIGHT', 'HEIGHT', 'CREAT', 'SODIUM', 'CHLORIDE', 'BIC
            'CHILD_HISTORY', 'HISTORY_EXTRAS', 'SENTENCE_EXTRAS', 'SENTENCE_COLLIDES', 'ADULT_ONLY', 'ONSET_KEYS', 'HPI',
            'HPI_VISIT', 'EXAM', 'PLAN', 'COLUMNS', 'Num', 'Flag', 'Choice', 'Date', 'Drug', 'lin', 'NoteSpec',
            'sample_entities', 'write_note', 'missing_mentions', 'gold_strings', 'supported_calculators',
-           'generate_notes', 'save_notes', 'check_row', 'split_notes']
+           'generate_notes', 'save_notes', 'check_row', 'drop_criterion', 'misapply_notes', 'split_notes']
 
 # %% ../../nbs/03e_medcalc_synthetic.ipynb #08c99b77
 import importlib
@@ -822,6 +822,53 @@ def check_row(row) -> list[str]:
     miss = missing_mentions(row["Patient Note"], ents, spec)
     if miss: probs.append(f"note does not state {miss}")
     return probs
+
+# %% ../../nbs/03e_medcalc_synthetic.ipynb #86307975
+_CRIT_LINE = re.compile(r"^- (?P<crit>.+?): .* -> (?P<pts>[+-]\d+(?:\.\d+)?) \(total -?\d+(?:\.\d+)?\)$")
+_FINAL_LINE = re.compile(r"^(?P<score>.+) = -?\d+(?:\.\d+)?\.$")
+
+def drop_criterion(explanation: str,  # a points-score explanation: '- criterion: finding -> +k (total T)' lines, then 'Score = N.'
+                   criterion: str,    # the start of the criterion's label, e.g. 'BUN' (CURB-65 without it is CRB-65)
+                  ) -> tuple[str, int | float]:
+    "The explanation and total of the same score computed without one criterion (a plausible misapplication)."
+    lines = explanation.split("\n")
+    hits = [i for i, l in enumerate(lines) if (m := _CRIT_LINE.match(l)) and m["crit"].startswith(criterion)]
+    if len(hits) != 1:
+        raise ValueError(f"drop_criterion: {len(hits)} criterion lines start with {criterion!r} (need exactly 1) in {explanation[:80]!r}...")
+    if not (m := _FINAL_LINE.match(lines[-1])):
+        raise ValueError(f"drop_criterion: the explanation does not end with a 'Score = N.' line: {lines[-1]!r}")
+    start = re.match(r"^.+: start at (-?\d+(?:\.\d+)?)\.$", lines[0])
+    if not start: raise ValueError(f"drop_criterion: the explanation does not open with 'Score: start at N.': {lines[0]!r}")
+    total, out = float(start[1]), [lines[0]]
+    for i, l in enumerate(lines[1:-1], 1):
+        if i == hits[0]: continue
+        if c := _CRIT_LINE.match(l):
+            total += float(c["pts"])
+            l = l[:l.rindex("(total ")] + f"(total {fmt(_num(total))})"
+        out.append(l)
+    total = _num(total)
+    return "\n".join(out + [f"{m['score']} = {fmt(total)}."]), total
+
+def _num(x: float) -> int | float: return int(x) if float(x).is_integer() else x
+
+def misapply_notes(df: pd.DataFrame,            # frame from `generate_notes`
+                   criteria: dict,              # calculator id -> the criterion its misapplied variant leaves out
+                   rate: float = 0.5,           # share of those calculators' rows rewritten
+                   seed: int = 0,               # which rows
+                  ) -> pd.DataFrame:
+    "A copy of `df` whose explanations and answers follow the misapplied variant in a `rate` share of the named calculators' rows."
+    _rate("rate", rate)
+    crit = {int(k): str(v) for k, v in criteria.items()}
+    out, rng = df.copy(), random.Random(f"{seed}:misapply")
+    for i, r in out.iterrows():
+        cid = int(r["Calculator ID"])
+        if cid not in crit or rng.random() >= rate: continue
+        try: expl, ans = drop_criterion(r["Ground Truth Explanation"], crit[cid])
+        except ValueError as e: raise ValueError(f"misapply_notes: row {r['Row Number']} (note {r['Note ID']}): {e}") from None
+        gold, lo, hi = gold_strings(ans, r["Output Type"])
+        out.loc[i, ["Ground Truth Explanation", "Ground Truth Answer", "Lower Limit", "Upper Limit", "Note Type"]] = \
+            [expl, gold, lo, hi, f"Synthetic, misapplied (without {crit[cid]})"]
+    return out
 
 # %% ../../nbs/03e_medcalc_synthetic.ipynb #795ccc79
 def split_notes(df: pd.DataFrame,      # frame in the MedCalc-Bench CSV schema
