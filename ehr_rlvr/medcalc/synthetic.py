@@ -827,12 +827,14 @@ def check_row(row) -> list[str]:
 _CRIT_LINE = re.compile(r"^- (?P<crit>.+?): .* -> (?P<pts>[+-]\d+(?:\.\d+)?) \(total -?\d+(?:\.\d+)?\)$")
 _FINAL_LINE = re.compile(r"^(?P<score>.+) = -?\d+(?:\.\d+)?\.$")
 
+def _num(x: float) -> int | float: return int(x) if float(x).is_integer() else x
+
 def drop_criterion(explanation: str,  # a points-score explanation: '- criterion: finding -> +k (total T)' lines, then 'Score = N.'
                    criterion: str,    # the start of the criterion's label, e.g. 'BUN' (CURB-65 without it is CRB-65)
                   ) -> tuple[str, int | float]:
     "The explanation and total of the same score computed without one criterion (a plausible misapplication)."
     lines = explanation.split("\n")
-    hits = [i for i, l in enumerate(lines) if (m := _CRIT_LINE.match(l)) and m["crit"].startswith(criterion)]
+    hits = [i for i, l in enumerate(lines) if (c := _CRIT_LINE.match(l)) and c["crit"].startswith(criterion)]
     if len(hits) != 1:
         raise ValueError(f"drop_criterion: {len(hits)} criterion lines start with {criterion!r} (need exactly 1) in {explanation[:80]!r}...")
     if not (m := _FINAL_LINE.match(lines[-1])):
@@ -849,7 +851,6 @@ def drop_criterion(explanation: str,  # a points-score explanation: '- criterion
     total = _num(total)
     return "\n".join(out + [f"{m['score']} = {fmt(total)}."]), total
 
-def _num(x: float) -> int | float: return int(x) if float(x).is_integer() else x
 
 def misapply_notes(df: pd.DataFrame,            # frame from `generate_notes`
                    criteria: dict,              # calculator id -> the criterion its misapplied variant leaves out
