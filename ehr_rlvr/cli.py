@@ -21,7 +21,7 @@ def _print_json(obj) -> None:
 def cmd_pipeline(a) -> int:
     from ehr_rlvr.pipeline import run_pipeline
     run_pipeline(a.config, run_id=a.run_id, force=a.force, only=a.only, runs_root=a.runs_root,
-                 progress_bar=not a.no_progress)
+                 progress_bar=not a.no_progress, rerun_changed=a.rerun_changed, seeds=a.seeds)
     return 0
 
 
@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--only", metavar="STAGE", help="run only this stage")
     q.add_argument("--runs-root", default=None, help="parent folder of runs (default <repo>/runs)")
     q.add_argument("--no-progress", action="store_true", help="hide papermill's per-cell progress bar")
+    q.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                   help="run the whole pipeline once per seed into runs/<id>/seed-<s>/, then the cross-seed report "
+                        "(default: the config's `seeds`)")
+    q.add_argument("--rerun-changed", action="store_true",
+                   help="the run id exists with another config: rerun what changed and every stage after it "
+                        "(default: refuse and show the difference)")
     q.set_defaults(fn=cmd_pipeline)
 
     q = sub.add_parser("stages", help="list the pipeline stages and their parameters")

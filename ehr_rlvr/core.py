@@ -5,6 +5,7 @@
 # %% ../nbs/00_core.ipynb #fdc4266e
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import importlib.metadata as _md
@@ -13,6 +14,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -23,7 +25,8 @@ import yaml
 
 # %% auto #0
 __all__ = ['RUN_ID_RE', 'PACKAGES', 'RESERVED_KEYS', 'project_root', 'new_run_id', 'check_run_id', 'run_dir', 'seed_everything',
-           'sha256_file', 'hash_inputs', 'package_versions', 'git_info', 'write_manifest', 'ConfigError', 'load_config']
+           'sha256_file', 'hash_inputs', 'package_versions', 'git_info', 'machine_info', 'atomic_path', 'write_json',
+           'write_manifest', 'update_manifest', 'ConfigError', 'load_config']
 
 # %% ../nbs/00_core.ipynb #80ed60d2
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -134,6 +137,69 @@ def git_info(cwd: str | Path | None = None) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {"sha": None, "dirty": None}
 
+# %% ../nbs/00_core.ipynb #a2098ba2
+def machine_info() -> dict[str, Any]:
+    "What decides floating-point paths and speed: CPU model, torch's CPU capability, thread settings, GPUs."
+    cpu = platform.processor() or None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu_model": cpu, "cpus": os.cpu_count(), "machine": platform.machine(),
+                            "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
+    try:
+        import torch
+        info |= {"torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads(),
+                 "torch_interop_threads": torch.get_num_interop_threads(),
+                 "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+    except Exception:  # torch missing or broken: the rest is still worth recording
+        pass
+    return info
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path,  # the file or folder to (re)write
+               ):
+    "Yield a temporary sibling of `path` to write into; it replaces `path` only if the block succeeds."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if not (tmp.exists() or tmp.is_symlink()):
+        raise FileNotFoundError(f"atomic_path: nothing was written for {path}")
+    if tmp.is_dir() and path.exists():  # a folder cannot be renamed over another: move the old one aside first
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        _remove(old)
+        path.rename(old)
+        tmp.rename(path)
+        _remove(old)
+    else:
+        os.replace(tmp, path)
+
+
+def write_json(path: str | Path,  # the JSON file
+               obj,  # anything `json.dumps` takes (other objects as `str`)
+              ) -> Path:
+    "Write `obj` as indented JSON, atomically."
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str))
+    return Path(path)
+
 # %% ../nbs/00_core.ipynb #f437bcc3
 def write_manifest(rdir: str | Path,  # the run directory
                    config: dict,  # the resolved config
@@ -158,19 +224,26 @@ def write_manifest(rdir: str | Path,  # the run directory
         "git": git_info(repo or project_root()),
         "packages": package_versions(),
         "python": platform.python_version(),
-        "host": {"name": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count()},
+        "host": {"name": socket.gethostname(), "platform": platform.platform(), **machine_info()},
         "data": hash_inputs(inputs),
         **(extra or {}),
     }
-    path.write_text(json.dumps(manifest, indent=2, default=str))
-    return path
+    return write_json(path, manifest)
+
+
+def update_manifest(rdir: str | Path,  # the run directory
+                    **fields,  # top-level keys to set
+                   ) -> Path:
+    "Set top-level fields of a run's `manifest.json` (e.g. the per-stage log as the run proceeds)."
+    path = Path(rdir) / "manifest.json"
+    return write_json(path, json.loads(path.read_text()) | fields)
 
 # %% ../nbs/00_core.ipynb #c03e072a
 class ConfigError(ValueError):
     "A config file that cannot be run, with the file and field named."
 
 
-RESERVED_KEYS = ("name", "seed", "stages", "description", "requires")
+RESERVED_KEYS = ("name", "seed", "seeds", "stages", "description", "requires")
 
 
 def _stage_entry(e, path, i) -> dict:
@@ -191,7 +264,7 @@ def _stage_entry(e, path, i) -> dict:
 def load_config(path: str | Path,  # YAML run recipe
                 overrides: dict | None = None,  # values replacing the file's (e.g. from the CLI)
                ) -> dict:
-    "Load and validate a run config; returns `{name, seed, stages: [{name, notebook, params}], params: {...}}`."
+    "Load and validate a run config; returns `{name, seed, seeds, stages: [{name, notebook, params}], params: {...}}`."
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"Config file not found: {path}")
@@ -208,6 +281,10 @@ def load_config(path: str | Path,  # YAML run recipe
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"{path}: 'seed' must be an integer (got {seed!r})")
+    seeds = raw.get("seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not seeds or
+                              any(not isinstance(s, int) or isinstance(s, bool) for s in seeds) or len(set(seeds)) < len(seeds)):
+        raise ConfigError(f"{path}: 'seeds' must be a non-empty list of distinct integers (got {seeds!r})")
     entries = [_stage_entry(e, path, i) for i, e in enumerate(stages)]
     names = [e["name"] for e in entries]
     dup = {n for n in names if names.count(n) > 1}
@@ -219,5 +296,5 @@ def load_config(path: str | Path,  # YAML run recipe
             raise ConfigError(f"{path}: parameter {k!r} is not a valid Python identifier")
         if isinstance(v, (dict, set)):
             raise ConfigError(f"{path}: parameter {k!r} must be a scalar or a list (papermill parameters are literals)")
-    return {"name": raw.get("name", path.stem), "seed": seed, "stages": entries, "params": params,
+    return {"name": raw.get("name", path.stem), "seed": seed, "seeds": seeds, "stages": entries, "params": params,
             "description": raw.get("description", ""), "requires": raw.get("requires", "cpu"), "path": str(path)}

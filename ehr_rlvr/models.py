@@ -14,6 +14,8 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models as tk_models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from .core import atomic_path
+
 # %% auto #0
 __all__ = ['DTYPES', 'BOS', 'EOS', 'PAD', 'ROLE_TOKENS', 'TAG_TOKENS', 'CHAT_TEMPLATE', 'TINY_PRESETS', 'ModelLoadError',
            'resolve_dtype', 'resolve_device', 'hub_offline', 'load_tokenizer', 'load_model', 'train_tokenizer',
@@ -173,19 +175,20 @@ def n_params(model) -> int:
 def save_model(model, tokenizer, path: str | Path,  # output folder
                card: dict | None = None,  # facts for the model card (stage, data, steps, metrics...)
               ) -> Path:
-    "Save model + tokenizer as safetensors and write a model card."
+    "Save model + tokenizer as safetensors and write a model card (atomically: a killed save leaves no half model)."
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
     card = card or {}
     lines = [f"# {card.get('title', path.name)}", "",
              "Research artefact of ehr_rlvr. **Not for clinical use**: trained on synthetic or benchmark data to study "
              "reinforcement learning with verifiable rewards; its outputs are not medical advice.", "",
              f"- architecture: {type(model).__name__}, {n_params(model):,} parameters",
              *[f"- {k}: {v}" for k, v in card.items() if k != "title"], ""]
-    (path / "README.md").write_text("\n".join(lines))
-    (path / "model_card.json").write_text(json.dumps({"n_params": n_params(model), **card}, indent=2, default=str))
+    with atomic_path(path) as tmp:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text("\n".join(lines))
+        (tmp / "model_card.json").write_text(json.dumps({"n_params": n_params(model), **card}, indent=2, default=str))
     return path
 
 # %% ../nbs/01_models.ipynb #6b53281e

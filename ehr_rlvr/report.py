@@ -10,13 +10,15 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from .metrics import bootstrap_ci
 
 # %% auto #0
-__all__ = ['RESULT_COLUMNS', 'REGIME_ORDER', 'COMPARISONS', 'COMPARISON_COLUMNS', 'COLORS', 'gather_results',
-           'sft_knowledge_table', 'paired_comparisons', 'plot_regimes', 'rl_history', 'plot_rl_curves']
+__all__ = ['RESULT_COLUMNS', 'REGIME_ORDER', 'COMPARISONS', 'COMPARISON_COLUMNS', 'COLORS', 'SEED_METRICS', 'SEED_RESULT_COLUMNS',
+           'SEED_COMPARISON_COLUMNS', 'gather_results', 'sft_knowledge_table', 'paired_comparisons', 'plot_regimes',
+           'rl_history', 'plot_rl_curves', 'seed_predictions', 'cross_seed_report', 'plot_seed_results']
 
 # %% ../nbs/09_report.ipynb #b14470b8
 RESULT_COLUMNS = ["task", "regime", "metric", "value", "ci_low", "ci_high", "n"]
@@ -165,5 +167,132 @@ def plot_rl_curves(histories: dict[str, pd.DataFrame],  # name -> `rl_history` f
     for a in axes:
         a.grid(alpha=0.3)
         a.legend()
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/09_report.ipynb #1ec7ac64
+SEED_METRICS = {"accuracy": "correct", "format_valid_rate": "format_ok"}  # metric -> 0/1 column of predictions.parquet
+SEED_RESULT_COLUMNS = ["task", "regime", "metric", "value", "ci_low", "ci_high", "n", "n_seeds"]
+SEED_COMPARISON_COLUMNS = ["task", "comparison", "diff", "ci_low", "ci_high", "seeds_positive", "n_seeds"]
+
+
+def seed_predictions(run_dir: str | Path,  # a multi-seed run: `seed-<s>/eval/<regime>/predictions.parquet`
+                     seeds: list[int],  # the seeds to gather
+                     metrics: dict[str, str] = SEED_METRICS,  # metric name -> 0/1 column
+                    ) -> tuple[str | None, dict[int, dict[str, dict[str, np.ndarray]]]]:
+    "`(task, {seed: {regime: {metric: values per row}}})`, rows aligned across a seed's regimes (NaN: not scorable)."
+    run, task, out = Path(run_dir), None, {}
+    for s in seeds:
+        evals = sorted((run / f"seed-{s}" / "eval").glob("*/predictions.parquet"))
+        if not evals:
+            raise FileNotFoundError(f"{run / f'seed-{s}' / 'eval'}: no predictions (has that seed's 50_evaluate run?)")
+        frames = {}
+        for p in evals:
+            df = pd.read_parquet(p)
+            df = df[df["sample"] == 0] if "sample" in df else df
+            if df["id"].duplicated().any():
+                raise ValueError(f"{p}: row ids repeat; the cross-seed report needs one greedy prediction per row")
+            frames[p.parent.name] = df.set_index("id")
+            mj = p.parent / "metrics.json"
+            task = task or (json.loads(mj.read_text()).get("task") if mj.exists() else None)
+        ids = sorted(set.intersection(*(set(f.index) for f in frames.values())))
+        if any(len(f) != len(ids) for f in frames.values()):
+            raise ValueError(f"seed {s}: the regimes were evaluated on different rows "
+                             f"({ {r: len(f) for r, f in frames.items()} }); rerun its 50_evaluate on one split")
+        out[s] = {}
+        for r, f in frames.items():
+            f = f.loc[ids]
+            unscorable = ~f["scorable"].astype(bool).to_numpy() if "scorable" in f else np.zeros(len(f), bool)
+            out[s][r] = {m: np.where(unscorable & (col == "correct"), np.nan, f[col].astype(float).to_numpy())
+                         for m, col in metrics.items() if col in f}
+    return task, out
+
+# %% ../nbs/09_report.ipynb #734f7de3
+def _nanmean(v: np.ndarray) -> float:
+    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+
+
+def cross_seed_report(per_seed: dict[int, dict[str, dict[str, np.ndarray]]],  # from `seed_predictions`
+                      task: str | None = None,  # task name for the tables
+                      main_metric: str = "accuracy",  # the metric the comparisons are made on
+                      pairs: list[tuple[str, str]] = COMPARISONS,  # (regime, baseline); missing regimes are skipped
+                      n_boot: int = 1000,  # bootstrap resamples
+                      seed: int = 0,  # resampling seed
+                      alpha: float = 0.05,  # 1 - confidence level
+                     ) -> dict[str, pd.DataFrame]:
+    "Tables `results`, `per_seed`, `comparisons`, `comparisons_per_seed`: means over seeds, two-level bootstrap CIs."
+    seeds = sorted(per_seed)
+    common = set.intersection(*(set(per_seed[s]) for s in seeds))
+    regimes = [r for r in REGIME_ORDER if r in common] + sorted(common - set(REGIME_ORDER))
+    if not regimes:
+        raise ValueError(f"no regime was evaluated in every seed {seeds}")
+    metrics = list(per_seed[seeds[0]][regimes[0]])
+    if main_metric not in metrics:
+        raise ValueError(f"main_metric {main_metric!r} is not among the metrics {metrics}")
+    pairs = [(a, b) for a, b in pairs if a in regimes and b in regimes]
+    n_rows = {s: len(per_seed[s][regimes[0]][main_metric]) for s in seeds}
+    point = {(s, r, m): _nanmean(per_seed[s][r][m]) for s in seeds for r in regimes for m in metrics}
+    rng = np.random.default_rng(seed)
+    boot_v = {(r, m): [] for r in regimes for m in metrics}
+    boot_d, seed_d = {p: [] for p in pairs}, {(p, s): [] for p in pairs for s in seeds}
+    for _ in range(n_boot):
+        drawn = [seeds[j] for j in rng.integers(0, len(seeds), len(seeds))]  # level 1: seeds
+        idx = {s: rng.integers(0, n_rows[s], n_rows[s]) for s in seeds}  # level 2: rows, shared by the regimes
+        v = {(s, r, m): _nanmean(per_seed[s][r][m][idx[s]]) for s in seeds for r in regimes for m in metrics}
+        for r in regimes:
+            for m in metrics:
+                boot_v[r, m].append(np.mean([v[s, r, m] for s in drawn]))
+        for a, b in pairs:
+            d = {s: v[s, a, main_metric] - v[s, b, main_metric] for s in seeds}
+            boot_d[a, b].append(np.mean([d[s] for s in drawn]))
+            for s in seeds:
+                seed_d[(a, b), s].append(d[s])
+    ci = lambda xs: dict(zip(("ci_low", "ci_high"), (float(q) for q in np.nanquantile(xs, [alpha / 2, 1 - alpha / 2]))))
+    diff = lambda a, b, s: point[s, a, main_metric] - point[s, b, main_metric]
+    return {
+        "results": pd.DataFrame([{"task": task, "regime": r, "metric": m, "value": float(np.mean([point[s, r, m] for s in seeds])),
+                                  **ci(boot_v[r, m]), "n": int(np.median(list(n_rows.values()))), "n_seeds": len(seeds)}
+                                 for r in regimes for m in metrics], columns=SEED_RESULT_COLUMNS),
+        "per_seed": pd.DataFrame([{"task": task, "seed": s, "regime": r, "metric": m, "value": point[s, r, m], "n": n_rows[s]}
+                                  for s in seeds for r in regimes for m in metrics]),
+        "comparisons": pd.DataFrame([{"task": task, "comparison": f"{a} - {b}", "diff": float(np.mean([diff(a, b, s) for s in seeds])),
+                                      **ci(boot_d[a, b]), "seeds_positive": int(sum(diff(a, b, s) > 0 for s in seeds)),
+                                      "n_seeds": len(seeds)} for a, b in pairs], columns=SEED_COMPARISON_COLUMNS),
+        "comparisons_per_seed": pd.DataFrame([{"task": task, "comparison": f"{a} - {b}", "seed": s, "diff": diff(a, b, s),
+                                               **ci(seed_d[(a, b), s]), "n": n_rows[s]} for a, b in pairs for s in seeds]),
+    }
+
+# %% ../nbs/09_report.ipynb #f8bc15b6
+def plot_seed_results(rep: dict[str, pd.DataFrame],  # from `cross_seed_report`
+                      metric: str = "accuracy",  # the metric to show
+                     ):
+    "Left: each regime per seed (markers) and over seeds (bar, two-level 95 % CI). Right: paired differences."
+    res, per_seed = rep["results"], rep["per_seed"]
+    cmp, cmp_seed = rep["comparisons"].reset_index(drop=True), rep["comparisons_per_seed"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11.5, max(3.6, 0.7 * len(cmp) + 1.5)), gridspec_kw={"width_ratios": [1.1, 1]})
+    res = res[res["metric"] == metric].reset_index(drop=True)
+    seeds = sorted(per_seed["seed"].unique())
+    marks = dict(zip(seeds, "os^Dvp<>h*" * 10))
+    for i, r in res.iterrows():
+        a.bar(i, r["value"], color=COLORS.get(r["regime"], "#8172b3"), alpha=0.55, capsize=4,
+              yerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]])
+        for j, s in enumerate(seeds):
+            v = per_seed.query("regime == @r.regime and metric == @metric and seed == @s")["value"]
+            a.scatter(i + (j - (len(seeds) - 1) / 2) * 0.12, v, marker=marks[s], color="k", s=18, zorder=3,
+                      label=f"seed {s}" if i == 0 else None)
+    a.set_xticks(range(len(res)), res["regime"])
+    a.set_title(f"{metric}: each seed, and the mean with its 95 % CI")
+    a.legend(fontsize=8, loc="best")
+    a.grid(axis="y", alpha=0.3)
+    for i, c in cmp.iterrows():
+        b.plot([c["ci_low"], c["ci_high"]], [i, i], color="k", lw=2)
+        b.scatter(c["diff"], i, marker="D", color="k", s=40, zorder=3)
+        for _, p in cmp_seed[cmp_seed["comparison"] == c["comparison"]].iterrows():
+            b.scatter(p["diff"], i + 0.2, marker=marks[p["seed"]], color="#dd8452", s=20, zorder=3)
+    b.axvline(0, color="grey", lw=1, ls="--")
+    b.set_yticks(range(len(cmp)), [f"{c}\n{p} of {n} seeds > 0" for c, p, n in zip(cmp["comparison"], cmp["seeds_positive"], cmp["n_seeds"])])
+    b.set_ylim(len(cmp) - 0.5, -0.5)
+    b.set_title("paired differences: seeds (orange), pooled (black)")
+    b.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig

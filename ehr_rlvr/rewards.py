@@ -11,10 +11,10 @@ from typing import Any, Callable
 
 # %% auto #0
 __all__ = ['MAX_COMPLETION_CHARS', 'MAX_ANSWER_CHARS', 'MAX_ABS_VALUE', 'MAX_STR_VALUE', 'TAGS', 'GESTATIONAL_CALCULATOR_IDS',
-           'medcalc_reward', 'format_reward', 'correct_reward', 'REWARDS', 'HACK_PROBES', 'Parsed', 'completion_text',
-           'parse_completion', 'extract_answer', 'to_number', 'to_date', 'to_gestational', 'parse_gold',
-           'score_medcalc', 'score_completion', 'get_medcalc_reward', 'get_format_reward', 'get_correct_reward',
-           'get_reward', 'gold_answer_value', 'format_completion']
+           'medcalc_reward', 'format_reward', 'correct_reward', 'REWARDS', 'HACK_PROBES', 'tag_count_reward', 'Parsed',
+           'completion_text', 'parse_completion', 'extract_answer', 'to_number', 'to_date', 'to_gestational',
+           'parse_gold', 'score_medcalc', 'score_completion', 'get_medcalc_reward', 'get_format_reward',
+           'get_correct_reward', 'get_reward', 'gold_answer_value', 'format_completion', 'get_tag_count_reward']
 
 # %% ../nbs/04_rewards.ipynb #b7ea2b34
 MAX_COMPLETION_CHARS = 50_000   # longer completions are malformed ("too_long")
@@ -313,3 +313,15 @@ HACK_PROBES: dict[str, str] = {
     "empty": '',
     "unclosed answer": '<think>a</think><answer>{"answer": 25}',
 }
+
+# %% ../nbs/04_rewards.ipynb #bd48b3e3
+def get_tag_count_reward() -> Callable:
+    "TRL reward `tag_count_reward`: 0.25 per tag of `TAGS` present exactly once (format shaping, not correctness)."
+    def tag_count_reward(completions, **kwargs) -> list[float]:
+        "0.25 for each of <think>, </think>, <answer>, </answer> that occurs exactly once."
+        texts = [completion_text(c) or "" for c in _as_list(completions)]
+        return [0.25 * sum(t.count(tag) == 1 for tag in TAGS) for t in texts]
+    return tag_count_reward
+
+tag_count_reward = get_tag_count_reward()
+REWARDS["tag_count"] = get_tag_count_reward

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -14,11 +15,12 @@ import torch
 from peft import LoraConfig
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
+from .rewards import get_reward
 from .tasks import Task
 
 # %% auto #0
 __all__ = ['precision_kwargs', 'lora_config', 'sft_dataset', 'build_sft_config', 'build_grpo_config', 'grpo_dataset',
-           'grpo_trainer', 'trainable_snapshot', 'changed', 'log_history']
+           'grpo_trainer', 'discard_foreign_checkpoints', 'trainable_snapshot', 'changed', 'log_history']
 
 # %% ../nbs/06_train.ipynb #29a71165
 def precision_kwargs(precision: str = "auto",  # "auto" | "fp32" | "bf16" | "fp16"
@@ -119,7 +121,8 @@ def build_grpo_config(output_dir: str,  # checkpoints, logs, tensorboard
                       save_steps: int = 25,  # checkpoint every n steps (resume)
                       save_total_limit: int = 2,  # checkpoints kept
                       report_to: str = "tensorboard",  # "none" | "tensorboard"
-                      log_completions: bool = True,  # log sampled completions
+                      log_completions: bool = True,  # save sampled completions (rl/<name>/completions/*.parquet)
+                      num_completions_to_print: int = 1,  # of those, how many to print per step (rich tables are large)
                       warmup_ratio: float = 0.0,  # linear warm-up share
                       mask_truncated_completions: bool = True,  # no credit for completions cut by the budget
                      ) -> GRPOConfig:
@@ -134,7 +137,7 @@ def build_grpo_config(output_dir: str,  # checkpoints, logs, tensorboard
                      reward_weights=list(reward_weights) if reward_weights is not None else None, seed=seed,
                      data_seed=seed, gradient_checkpointing=gradient_checkpointing, logging_steps=logging_steps,
                      save_strategy="steps", save_steps=save_steps, save_total_limit=save_total_limit,
-                     report_to=report_to, log_completions=log_completions,
+                     report_to=report_to, log_completions=log_completions, num_completions_to_print=num_completions_to_print,
                      warmup_steps=warmup_ratio, mask_truncated_completions=mask_truncated_completions,
                      disable_tqdm=False, **precision_kwargs(precision))
     _dump(cfg, output_dir)
@@ -147,17 +150,42 @@ def grpo_dataset(rows) -> datasets.Dataset:
     return rows.remove_columns(drop)
 
 
-def grpo_trainer(model, tokenizer, task: Task, rows, cfg: GRPOConfig, peft_config: LoraConfig | None = None,
-                 **reward_params) -> GRPOTrainer:
-    "A GRPOTrainer on the task's verifiable rewards (weights from the task unless the config sets them)."
+def grpo_trainer(model, tokenizer,
+                 task: Task,  # gives the verifiable rewards
+                 rows,  # training rows
+                 cfg: GRPOConfig,  # from `build_grpo_config`
+                 peft_config: LoraConfig | None = None,  # LoRA instead of a full fine-tune
+                 extra_rewards: Sequence[str] = (),  # more reward functions by name (`ehr_rlvr.rewards.REWARDS`)
+                 **reward_params,  # the task's reward scheme
+                ) -> GRPOTrainer:
+    "A GRPOTrainer on the task's rewards (+ named extras); weights from the config, else the task's (extras 0)."
     if cfg.beta > 0 and peft_config is None and not model.config._name_or_path:
         raise ValueError("GRPO with beta > 0 builds its reference model from the policy's folder: load the model "
                          "with `load_model(path)` after `save_model`, or set beta=0")
-    funcs = task.reward_funcs(**reward_params)
+    funcs = task.reward_funcs(**reward_params) + [get_reward(n) for n in extra_rewards]
     if cfg.reward_weights is None:
-        cfg.reward_weights = task.reward_weights(**reward_params)
+        cfg.reward_weights = task.reward_weights(**reward_params) + [0.0] * len(extra_rewards)
+    if len(cfg.reward_weights) != len(funcs):
+        raise ValueError(f"reward_weights has {len(cfg.reward_weights)} values for {len(funcs)} reward functions "
+                         f"{[f.__name__ for f in funcs]}")
     return GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=funcs, args=cfg,
                        train_dataset=grpo_dataset(rows), peft_config=peft_config)
+
+
+def discard_foreign_checkpoints(out_dir: str | Path,  # a trainer's output folder
+                                identity: str,  # what this training run is (the pipeline's stage identity)
+                               ) -> list[str]:
+    "Delete `checkpoint-*` folders written under another identity (or none recorded), then record `identity`."
+    out_dir, gone = Path(out_dir), []
+    rec = out_dir / "identity.json"
+    mine = rec.exists() and json.loads(rec.read_text()).get("identity") == identity
+    if not mine:
+        for ck in sorted(out_dir.glob("checkpoint-*")):
+            shutil.rmtree(ck)
+            gone.append(ck.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rec.write_text(json.dumps({"identity": identity}))
+    return gone
 
 
 def trainable_snapshot(model) -> dict[str, torch.Tensor]:
