@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import resource
+import signal
 import time
 from pathlib import Path
 
@@ -25,8 +26,8 @@ from .core import (ConfigError, atomic_path, check_run_id, load_config, new_run_
 # %% auto #0
 __all__ = ['RUNNER_PARAMS', 'LOG_PATTERNS', 'CROSS_SEED_STAGE', 'StageError', 'pipeline_dir', 'stage_parameters',
            'check_param_type', 'resolve_stages', 'code_digest', 'snapshot', 'output_hashes', 'stage_identity',
-           'why_rerun', 'read_record', 'write_record', 'discard_outputs', 'config_diff', 'run_stages', 'run_pipeline',
-           'run_seeds']
+           'why_rerun', 'read_record', 'write_record', 'discard_outputs', 'config_diff', 'orphan_kernels', 'run_stages',
+           'run_pipeline', 'run_seeds']
 
 # %% ../nbs/10_pipeline.ipynb #3616646d
 class StageError(RuntimeError):
@@ -270,6 +271,49 @@ def config_diff(old: list[dict],  # resolved stages of the earlier invocation (`
         out.append(f"stage order: {[s['name'] for s in old]} -> {[s['name'] for s in new]}")
     return out
 
+# %% ../nbs/10_pipeline.ipynb #05e9aa06
+def _process_alive(pid: int) -> bool:
+    "Whether process `pid` runs (a zombie, dead but not yet reaped, counts as gone)."
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError, OSError):
+        return False
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+
+
+def orphan_kernels(runner_pid: int) -> list[int]:
+    "Stage kernels a dead runner left behind: processes whose environment names it as `JPY_PARENT_PID` (Linux)."
+    out, tag = [], f"JPY_PARENT_PID={runner_pid}\0".encode()
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if tag in env.read_bytes():
+                out.append(int(env.parent.name))
+        except OSError:
+            continue
+    return [p for p in out if p != os.getpid()]
+
+
+def _claim(rdir: Path, rec: dict | None, name: str, log, grace: float = 10.0) -> None:
+    "Refuse a stage another live runner is running; wait out (then kill) the kernels of one that was killed."
+    pid = (rec or {}).get("pid")
+    if not rec or rec.get("status") != "running" or not isinstance(pid, int) or pid == os.getpid():
+        return
+    if _process_alive(pid):
+        raise ConfigError(f"stage {name!r} of {rdir} is being run by process {pid} (since {rec.get('started')}); "
+                          "wait for it to finish or stop it first")
+    deadline = time.time() + grace  # a kernel notices its runner's death within about a second and exits
+    while (left := orphan_kernels(pid)) and time.time() < deadline:
+        time.sleep(0.2)
+    for k in orphan_kernels(pid):
+        log(f"stopping kernel {k}, left running by the killed runner {pid}")
+        try:
+            os.kill(k, signal.SIGKILL)
+        except OSError:
+            pass
+
 # %% ../nbs/10_pipeline.ipynb #9ef12afd
 def _fmt_s(s: float) -> str:
     m, s = divmod(int(s), 60)
@@ -330,6 +374,7 @@ def run_stages(rdir: Path,  # the run directory (exists)
             entries.append(entry | {"action": "skipped", "why": "done earlier with the same identity",
                                     "elapsed_s": rec.get("elapsed_s")})
             continue
+        _claim(rdir, rec, st["name"], log)
         resume = rec is not None and not current and rec.get("identity") == ident["identity"]
         why = "forced (--force)" if current else why_rerun(rec, ident) + ("; --force: from scratch" if resume and force else "")
         resume = resume and not force

@@ -20,7 +20,8 @@ from .tasks import Task
 
 # %% auto #0
 __all__ = ['precision_kwargs', 'lora_config', 'sft_dataset', 'build_sft_config', 'build_grpo_config', 'grpo_dataset',
-           'grpo_trainer', 'discard_foreign_checkpoints', 'trainable_snapshot', 'changed', 'log_history']
+           'grpo_trainer', 'discard_foreign_checkpoints', 'last_complete_checkpoint', 'trainable_snapshot', 'changed',
+           'log_history']
 
 # %% ../nbs/06_train.ipynb #29a71165
 def precision_kwargs(precision: str = "auto",  # "auto" | "fp32" | "bf16" | "fp16"
@@ -186,6 +187,19 @@ def discard_foreign_checkpoints(out_dir: str | Path,  # a trainer's output folde
     out_dir.mkdir(parents=True, exist_ok=True)
     rec.write_text(json.dumps({"identity": identity}))
     return gone
+
+
+def last_complete_checkpoint(out_dir: str | Path,  # a trainer's output folder
+                            ) -> str | None:
+    "The newest `checkpoint-N` whose `trainer_state.json` (written last) is readable; newer partial ones are deleted."
+    cks = sorted(Path(out_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    for ck in reversed(cks):
+        try:
+            json.loads((ck / "trainer_state.json").read_text())
+            return str(ck)
+        except (OSError, ValueError):  # killed while saving: not resumable
+            shutil.rmtree(ck)
+    return None
 
 
 def trainable_snapshot(model) -> dict[str, torch.Tensor]:
