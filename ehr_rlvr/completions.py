@@ -7,7 +7,8 @@ from __future__ import annotations
 import json, math, warnings
 from pathlib import Path
 import pandas as pd
-from .tasks import get_task
+from .io import clean_text, iter_jsonl
+from .tasks import get_task, scorable_mask
 
 # %% auto #0
 __all__ = ['read_completions', 'evaluate_completions']
@@ -23,27 +24,24 @@ def _row_key(v, int_keys:bool):
         return None
     return str(v) if isinstance(v, (str, int)) else None
 
-def read_completions(path:str|Path, # JSONL file of {"row": ..., "completion": ...}
+def read_completions(path:str|Path, # JSONL file of {"row": ..., "completion": ...} (plain or gzip)
                      int_keys:bool=True, # row keys are integers (MedCalc Row Number)
+                     encoding:str="utf-8", # the file's text encoding
                     ) -> dict:
     "`{row key: completion}` from a JSONL file; bad lines and duplicate rows raise errors naming file and line."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"completions file not found: {path}")
     out, first_line = {}, {}
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip(): continue
-            try: obj = json.loads(line)
-            except ValueError as e: raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
-            if not isinstance(obj, dict) or "row" not in obj or "completion" not in obj:
-                raise ValueError(f"{path}:{n}: expected an object with keys 'row' and 'completion'")
-            key = _row_key(obj["row"], int_keys)
-            if key is None: raise ValueError(f"{path}:{n}: bad row value {obj['row']!r}")
-            c = obj["completion"]
-            if not (isinstance(c, str) or (isinstance(c, list) and all(isinstance(m, dict) for m in c))):
-                raise ValueError(f"{path}:{n}: 'completion' must be a string or a list of chat messages")
-            if key in out: raise ValueError(f"{path}:{n}: duplicate row {key!r} (first on line {first_line[key]})")
-            out[key], first_line[key] = c, n
+    for n, obj in iter_jsonl(path, encoding):
+        if not isinstance(obj, dict) or "row" not in obj or "completion" not in obj:
+            raise ValueError(f"{path}:{n}: expected an object with keys 'row' and 'completion'")
+        key = _row_key(obj["row"], int_keys)
+        if key is None: raise ValueError(f"{path}:{n}: bad row value {obj['row']!r}")
+        c = obj["completion"]
+        if not (isinstance(c, str) or (isinstance(c, list) and all(isinstance(m, dict) for m in c))):
+            raise ValueError(f"{path}:{n}: 'completion' must be a string or a list of chat messages")
+        if key in out: raise ValueError(f"{path}:{n}: duplicate row {key!r} (first on line {first_line[key]})")
+        out[key], first_line[key] = c, n
     return out
 
 # %% ../nbs/04a_completions.ipynb #725652a1
@@ -63,42 +61,52 @@ def evaluate_completions(task:str, # task registry name, e.g. "medcalc"
                          out:str|None=None, # optional path of the summary JSON
                          predictions:str|None=None, # optional path of per-row verdicts (JSONL)
                          prepend:str="", # text put before every completion, e.g. "<think>" when the prompt prefilled it
+                         encoding:str="utf-8", # text encoding of the data file and the completions file
                         ) -> dict:
-    "Score a completions JSONL against a task's data file; summary metrics over all data rows."
+    "Score a completions JSONL against a task's data file; summary metrics over all data rows with a usable gold."
     t = get_task(task)
-    rows = t.load_rows(data)
+    rows = t.load_rows(data, encoding=encoding)
     if len(rows) == 0: raise ValueError(f"{data}: no rows to evaluate")
     keys = list(rows[t.row_key])
     int_keys = all(isinstance(k, int) for k in keys)
-    comps = {k: _prepend(c, prepend) for k, c in read_completions(completions, int_keys).items()}
+    comps = {k: _prepend(c, prepend) for k, c in read_completions(completions, int_keys, encoding).items()}
     known = set(keys)
     unknown = sorted((k for k in comps if k not in known), key=str)
     if unknown: warnings.warn(f"{completions}: {len(unknown)} completion row(s) not in {data}: {unknown[:10]}")
     recs = []
     for r in rows:
         k = r[t.row_key]
-        if k in comps: s = t.score(comps[k], r["ground_truth"])
-        else: s = {"format_ok": False, "correct": False, "reward": None, "pred": None, "reason": "missing"}
+        if k in comps: s = t.safe_score(comps[k], r["ground_truth"])
+        else:
+            try: ok = bool(t.gold_usable(r["ground_truth"]))
+            except Exception: ok = False
+            s = {"format_ok": False, "correct": False, "reward": None, "pred": None, "reason": "missing", "scorable": ok}
         recs.append({"row": k, "id": r["id"], **{g: r[g] for g in t.metric_groups if g in r},
                      "format_ok": bool(s["format_ok"]), "correct": bool(s["correct"]), "reward": s.get("reward"),
-                     "pred": s.get("pred"), "reason": s.get("reason", ""), "submitted": k in comps})
+                     "pred": clean_text(s.get("pred")), "reason": s.get("reason", ""), "scorable": bool(s["scorable"]),
+                     "submitted": k in comps})
     df = pd.DataFrame(recs)
     m = t.metrics(df)
+    ok = scorable_mask(df)
+    unscorable = df.loc[~ok, "row"].tolist()
+    if unscorable:
+        warnings.warn(f"{data}: {len(unscorable)} of {len(df)} row(s) have an unusable gold label and are left out of "
+                      f"accuracy: {t.row_key} {unscorable[:10]}")
     sub = df[df["submitted"]]
     missing = [k for k in keys if k not in comps]
     res = {"task": task, "data": str(data), "completions": str(completions),
            "accuracy": m["accuracy"], "format_valid_rate": m["format_valid_rate"],
            "format_valid_rate_submitted": float(sub["format_ok"].mean()) if len(sub) else 0.0}
     for g in t.metric_groups:
-        res[f"by_{g}"] = {str(v): float(x["correct"].mean()) for v, x in df.groupby(g, sort=True)} if g in df else {}
+        res[f"by_{g}"] = {str(v): float(x["correct"].mean()) for v, x in df[ok].groupby(g, sort=True)} if g in df else {}
     res |= {"n_rows": len(df), "n_completions": len(comps), "n_scored": int(len(sub)), "n_missing": len(missing),
             "missing_rows": missing, "n_unknown": len(unknown), "unknown_rows": unknown, "n_correct": int(df["correct"].sum()),
-            "main_metric": t.main_metric}
+            "n_unscorable_gold": len(unscorable), "unscorable_rows": unscorable, "main_metric": t.main_metric}
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(res, indent=1))
     if predictions is not None:
         Path(predictions).parent.mkdir(parents=True, exist_ok=True)
         with Path(predictions).open("w", encoding="utf-8") as f:
-            for rec in recs: f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            for rec in recs: f.write(json.dumps(clean_text(rec), ensure_ascii=False) + "\n")
     return res

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -14,8 +15,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .io import clean_text
 from .metrics import accuracy, bootstrap_ci, pass_at_k
-from .tasks import Task
+from .tasks import Task, scorable_mask
 
 # %% auto #0
 __all__ = ['generate', 'score_rows', 'summarize', 'write_eval']
@@ -52,21 +54,36 @@ def generate(model, tokenizer,
     return out
 
 # %% ../nbs/07_evaluate.ipynb #994642d5
+def _gold_text(gt) -> str:
+    "The gold answer of a ground_truth dict as one string (the whole dict as JSON when it has no `answer`)."
+    if isinstance(gt, dict) and "answer" in gt: return clean_text(str(gt["answer"]))
+    return clean_text(json.dumps(gt, sort_keys=True, default=str, ensure_ascii=False))
+
+
 def score_rows(task: Task,  # the task (its `score` is the RL reward's verifier)
                rows,  # task rows (datasets.Dataset or list of dicts)
                completions: Sequence[Sequence[str]],  # per row, one or more completions
               ) -> pd.DataFrame:
-    "One line per (row, sample): id, sample, completion, pred, format_ok, correct, reward + task group columns."
+    "One line per (row, sample): id, sample, completion, pred, format_ok, correct, reward, reason, scorable, gold + task group columns."
     if len(rows) != len(completions):
         raise ValueError(f"score_rows: {len(rows)} rows but {len(completions)} completion lists")
     keep = [c for c in ("category", "calculator_id", "calculator_name", "group_id") if c in (rows.column_names if hasattr(rows, "column_names") else rows[0])]
-    recs = []
+    recs, unscorable = [], []
     for r, comps in zip(rows, completions):
+        if isinstance(comps, (str, dict)):
+            raise TypeError(f"score_rows: row {r['id']!r}: expected a list of completions, got one {type(comps).__name__}")
+        gold = _gold_text(r["ground_truth"])
         for j, c in enumerate(comps):
-            s = task.score(c, r["ground_truth"])
-            recs.append({"id": r["id"], "sample": j, "completion": c, "pred": None if s["pred"] is None else str(s["pred"]),
-                         "format_ok": bool(s["format_ok"]), "correct": bool(s["correct"]), "reward": float(s["reward"]),
-                         **{k: r[k] for k in keep}})
+            s = task.safe_score(c, r["ground_truth"])
+            recs.append({"id": r["id"], "sample": j, "completion": clean_text(c),
+                         "pred": None if s["pred"] is None else clean_text(str(s["pred"])),
+                         "format_ok": s["format_ok"], "correct": s["correct"],
+                         "reward": np.nan if s["reward"] is None else float(s["reward"]), "reason": s["reason"],
+                         "scorable": s["scorable"], "gold": gold, **{k: r[k] for k in keep}})
+            if j == 0 and not s["scorable"]: unscorable.append(r["id"])
+    if unscorable:
+        warnings.warn(f"score_rows: {len(unscorable)} of {len(rows)} row(s) have an unusable gold label and are left out "
+                      f"of accuracy: {unscorable[:5]}")
     return pd.DataFrame(recs)
 
 # %% ../nbs/07_evaluate.ipynb #a8abacaa
@@ -81,31 +98,42 @@ def summarize(task: Task,  # the task
               n_boot: int = 1000,  # bootstrap resamples
               seed: int = 0,  # bootstrap seed
              ) -> list[dict]:
-    "Metric rows `{metric, value, ci_low, ci_high, n}` over questions (samples averaged within a question)."
+    "Metric rows `{metric, value, ci_low, ci_high, n}` over questions (samples averaged within a question), scorable ones for accuracy."
+    scored = scored.assign(_ok=scorable_mask(scored).to_numpy())
     per_q = scored.groupby("id").agg(correct=("correct", "mean"), format_ok=("format_ok", "mean"),
-                                     c=("correct", "sum"), n=("correct", "size"),
+                                     c=("correct", "sum"), n=("correct", "size"), ok=("_ok", "all"),
                                      **{g: (g, "first") for g in task.metric_groups if g in scored.columns})
     first = scored[scored["sample"] == 0].set_index("id").loc[per_q.index]
-    rows = [_metric_row(task.main_metric, first["correct"], n_boot, seed),
+    ok = per_q["ok"].to_numpy()
+    rows = [_metric_row(task.main_metric, first["correct"][ok], n_boot, seed),
             _metric_row("format_valid_rate", first["format_ok"], n_boot, seed)]
     for g in task.metric_groups:
         if g in first.columns:
-            for val, sub in first.groupby(g):
+            for val, sub in first[ok].groupby(g):
                 rows.append(_metric_row(f"{task.main_metric}/{val}", sub["correct"], n_boot, seed))
+    q = per_q[ok]
     if per_q["n"].max() > 1:
-        rows.append(_metric_row("pass@1", per_q["correct"], n_boot, seed))
+        rows.append(_metric_row("pass@1", q["correct"], n_boot, seed))
         for k in ks:
             if (per_q["n"] >= k).all():
-                rows.append(_metric_row(f"pass@{k}", [pass_at_k(int(n), int(c), k) for n, c in zip(per_q["n"], per_q["c"])], n_boot, seed))
+                rows.append(_metric_row(f"pass@{k}", [pass_at_k(int(n), int(c), k) for n, c in zip(q["n"], q["c"])], n_boot, seed))
+    n_bad = float((~ok).sum())
+    rows.append({"metric": "n_unscorable_gold", "value": n_bad, "ci_low": n_bad, "ci_high": n_bad, "n": int(len(per_q))})
     return rows
 
 
 def write_eval(out_dir: str | Path,  # e.g. runs/<id>/eval/<regime>
                task: Task, regime: str, scored: pd.DataFrame, metric_rows: list[dict], extra: dict | None = None) -> Path:
-    "Save `predictions.parquet` and `metrics.json` (the schema `60_report` gathers)."
+    "Save `predictions.parquet` and `metrics.json` (the schema `60_report` gathers); text is made clean_text, never dropped."
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    scored = scored.copy()
+    for c in scored.columns:
+        if pd.api.types.is_object_dtype(scored[c]) or pd.api.types.is_string_dtype(scored[c]):
+            scored[c] = scored[c].map(clean_text)  # lone surrogates -> U+FFFD
     scored.to_parquet(out / "predictions.parquet", index=False)
-    (out / "metrics.json").write_text(json.dumps({"task": task.name, "regime": regime, "rows": metric_rows, **(extra or {})},
+    n_bad = int((~scorable_mask(scored)).groupby(scored["id"]).any().sum()) if "id" in scored else 0
+    (out / "metrics.json").write_text(json.dumps(clean_text({"task": task.name, "regime": regime, "rows": metric_rows,
+                                                             "n_unscorable_gold": n_bad, **(extra or {})}),
                                                  indent=1, default=float))
     return out / "metrics.json"

@@ -7,9 +7,10 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 import pandas as pd
+from .io import is_encodable
 
 # %% auto #0
-__all__ = ['ROW_COLUMNS', 'TASKS', 'check_rows', 'Task', 'register_task', 'get_task']
+__all__ = ['ROW_COLUMNS', 'TASKS', 'check_rows', 'Task', 'scorable_mask', 'register_task', 'get_task']
 
 # %% ../nbs/02_tasks.ipynb #0148d5a1
 ROW_COLUMNS = ("prompt", "ground_truth", "task", "id", "group_id", "split")
@@ -66,19 +67,57 @@ class Task:
     def sft_completion(self, row:dict) -> str|None:
         "Gold completion text for supervised fine-tuning, or None when the row has none."
         raise NotImplementedError
+    def gold_usable(self, ground_truth:dict) -> bool:
+        "False when the row's gold label cannot score any answer (left out of accuracy and counted)."
+        return True
+
+    def safe_score(self, completion, # str or chat-message list, as the model produced it
+                   ground_truth:dict, # the row's ground_truth
+                  ) -> dict:
+        "`score` that never raises, plus `scorable`: unencodable text and verifier errors become format failures with a `reason`."
+        try: scorable = bool(self.gold_usable(ground_truth))
+        except Exception: scorable = False
+        if not is_encodable(completion):  # a lone surrogate: scored as no text at all, stored with U+FFFD
+            try: reward = self.score("", ground_truth).get("reward")
+            except Exception: reward = None
+            s = {"format_ok": False, "correct": False, "reward": reward, "pred": None, "reason": "unencodable_text"}
+        else:
+            try: s = dict(self.score(completion, ground_truth))
+            except Exception as e:
+                s = {"format_ok": False, "correct": False, "reward": None, "pred": None,
+                     "reason": f"score_error: {type(e).__name__}: {e}"[:300]}
+        reason = str(s.get("reason") or "")
+        scorable = scorable and reason != "gold_unusable"
+        out = {"format_ok": bool(s.get("format_ok")), "correct": bool(s.get("correct")) and scorable,
+               "reward": s.get("reward") if scorable else None, "pred": s.get("pred"),
+               "reason": "gold_unusable" if not scorable and s.get("format_ok") else reason, "scorable": scorable}
+        if out["reward"] is not None:
+            try: out["reward"] = float(out["reward"])
+            except (TypeError, ValueError): out["reward"] = None
+        return out
 
     def metrics(self, scored:pd.DataFrame) -> dict[str, float]:
-        "Stable-named metrics from a frame with columns `correct`, `format_ok` (+ `metric_groups` columns)."
+        "Stable-named metrics from a frame with columns `correct`, `format_ok` (+ `scorable`, `metric_groups` columns)."
         for c in ("correct", "format_ok"):
             if c not in scored.columns: raise ValueError(f"scored frame lacks column {c!r}; has {list(scored.columns)}")
         n = len(scored)
+        ok = scorable_mask(scored)
         acc = lambda s: float(s.astype(bool).mean()) if len(s) else float("nan")
-        out = {"accuracy": acc(scored["correct"]), "format_valid_rate": acc(scored["format_ok"]), "n": float(n)}
+        out = {"accuracy": acc(scored["correct"][ok]), "format_valid_rate": acc(scored["format_ok"]), "n": float(n),
+               "n_unscorable_gold": float((~ok).sum())}
         for g in self.metric_groups:
             if g not in scored.columns: continue
-            for v, sub in sorted(scored.groupby(g, sort=True)["correct"], key=lambda kv: str(kv[0])):
+            for v, sub in sorted(scored[ok].groupby(g, sort=True)["correct"], key=lambda kv: str(kv[0])):
                 out[f"accuracy/{v}"] = acc(sub)
         return out
+
+
+def scorable_mask(scored:pd.DataFrame, # a scored frame
+                 ) -> pd.Series:
+    "Boolean mask of rows whose gold can score: the `scorable` column, else `reason != 'gold_unusable'`, else all."
+    if "scorable" in scored.columns: return scored["scorable"].fillna(False).astype(bool)
+    if "reason" in scored.columns: return scored["reason"].astype(str) != "gold_unusable"
+    return pd.Series(True, index=scored.index)
 
 # %% ../nbs/02_tasks.ipynb #c9d0ce78
 TASKS: dict[str, type[Task]] = {}

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from ..io import read_csv_checked
+
 # %% auto #0
 __all__ = ['log', 'TJH_META', 'TJH_DROP', 'MIMIC_LABS', 'MIMIC_VITALS', 'FAHRENHEIT_ITEMIDS', 'PLAUSIBLE', 'DATASETS', 'SPLITS',
            'Cohort', 'pad_long', 'read_tjh_table', 'load_tjh', 'mimic_paths', 'read_events_csv', 'read_meds_chart',
@@ -48,6 +50,9 @@ class Cohort:
         assert len(self.y) == len(self.ids) == len(self.patient_ids) == len(self.lengths) == len(self.static) == n
         assert len(self.feature_names) == f and self.static.shape[1] == len(self.static_names)
         assert len(set(self.ids)) == n, f"{self.dataset}: duplicate sample ids"
+        bad = [i for i, v in zip(self.ids, np.asarray(self.y).tolist()) if v not in (0, 1)]
+        if bad: raise ValueError(f"{self.dataset}: labels must be 0 or 1 (binary targets); samples {bad[:5]} have "
+                                 f"{sorted({v for v in np.asarray(self.y).tolist() if v not in (0, 1)})[:5]}")
 
     def __len__(self): return len(self.ids)
 
@@ -97,14 +102,30 @@ TJH_META = ["PATIENT_ID", "RE_DATE", "age", "gender", "Admission time", "Dischar
 TJH_DROP = ["2019-nCoV nucleic acid detection"]
 
 
-def read_tjh_table(path: str | Path) -> pd.DataFrame:
+def _conflicts(df: pd.DataFrame, key: str, cols: list[str]) -> dict:
+    "`{id: {column: values}}` for the ids whose rows disagree (non-missing values) on any of `cols`."
+    out = {}
+    for c in cols:
+        n = df.groupby(key, sort=False)[c].nunique()
+        for k in n.index[n > 1]:
+            out.setdefault(k, {})[c] = sorted(df.loc[df[key] == k, c].dropna().unique().tolist(), key=str)
+    return out
+
+
+def _show(conf: dict, limit: int = 5) -> str:
+    "A short listing of `_conflicts` output."
+    items = [f"{k}: " + ", ".join(f"{c} {v}" for c, v in d.items()) for k, d in list(conf.items())[:limit]]
+    return "; ".join(items) + (f"; ... ({len(conf)} in all)" if len(conf) > limit else "")
+
+
+def read_tjh_table(path: str | Path, encoding: str = "utf-8") -> pd.DataFrame:
     "Read the published TJH 375-patient table (CSV or xlsx, or a folder holding `time_series_375_en.csv`)."
     path = Path(path)
     if path.is_dir():
         cands = [path / "time_series_375_en.csv", path / "time_series_375_prerpocess_en.xlsx"]
         path = next((p for p in cands if p.exists()), cands[0])
     if not path.exists(): raise FileNotFoundError(f"TJH table not found: {path}")
-    df = pd.read_excel(path) if path.suffix in (".xlsx", ".xls") else pd.read_csv(path)
+    df = pd.read_excel(path) if path.suffix in (".xlsx", ".xls") else read_csv_checked(path, encoding)
     missing = [c for c in TJH_META if c not in df.columns]
     if missing: raise ValueError(f"{path}: missing TJH columns {missing}")
     df.attrs["path"] = str(path)
@@ -114,16 +135,29 @@ def read_tjh_table(path: str | Path) -> pd.DataFrame:
 def load_tjh(
     path: str | Path,  # the CSV/xlsx file or the folder holding `time_series_375_en.csv`
     task: str = "mortality",  # only "mortality" exists for TJH
+    encoding: str = "utf-8",  # text encoding of a CSV table
 ) -> Cohort:
     "Per-day TJH cohort: 73 labs, age and sex, in-hospital mortality label."
     if task != "mortality":
         raise ValueError(f"TJH has no {task!r} label: it holds one admission per patient, only task='mortality' exists")
-    df = read_tjh_table(path)
+    df = read_tjh_table(path, encoding)
     src = df.attrs["path"]
     df = df.copy()
     df["PATIENT_ID"] = df["PATIENT_ID"].ffill()
     if df["PATIENT_ID"].isna().any(): raise ValueError(f"{src}: first row has no PATIENT_ID")
     df["PATIENT_ID"] = df["PATIENT_ID"].astype(int).astype(str)
+    # labels and demographics: refused, naming the patients, rather than merged or trained on
+    y_num = pd.to_numeric(df["outcome"], errors="coerce")
+    bad_y = df["outcome"].notna() & ~y_num.isin([0, 1])
+    if bad_y.any():
+        ex = df.loc[bad_y].groupby("PATIENT_ID", sort=False)["outcome"].first()
+        raise ValueError(f"{src}: outcome must be 0 (survived) or 1 (died); patient(s) {ex.index.tolist()[:5]} have "
+                         f"{sorted(set(ex.astype(str)))[:5]} ({int(bad_y.sum())} row(s), {len(ex)} patient(s))")
+    no_y = df.groupby("PATIENT_ID", sort=False)["outcome"].count()
+    if (no_y == 0).any(): raise ValueError(f"{src}: no outcome for patient(s) {no_y.index[no_y == 0].tolist()[:5]}")
+    conf = _conflicts(df, "PATIENT_ID", ["age", "gender", "outcome"])
+    if conf: raise ValueError(f"{src}: conflicting values within one patient ({_show(conf)}); "
+                              f"one PATIENT_ID must have one age, gender and outcome (is an id reused?)")
     for c in ["RE_DATE", "Admission time"]: df[c] = pd.to_datetime(df[c], errors="coerce")
     labs = [c for c in df.columns if c not in TJH_META and c not in TJH_DROP]
     no_date = int(df["RE_DATE"].isna().sum())
@@ -133,8 +167,6 @@ def load_tjh(
     # per-patient constants: label, age, sex
     pat = df.groupby("PATIENT_ID", sort=False).agg(outcome=("outcome", "nunique"), y=("outcome", "first"), age=("age", "first"),
                                                    gender=("gender", "first"), adm=("Admission time", "first"))
-    bad = pat.index[pat.outcome != 1].tolist()
-    if bad: raise ValueError(f"{src}: outcome not constant within patient(s) {bad[:5]}")
     if not pat.gender.isin([1, 2]).all(): raise ValueError(f"{src}: gender must be 1/2, patients {pat.index[~pat.gender.isin([1, 2])].tolist()[:5]}")
     long = pd.concat([df[["PATIENT_ID", "RE_DATE"]], vals], axis=1)[df["RE_DATE"].notna()]
     long["day"] = long["RE_DATE"].dt.normalize()
@@ -197,7 +229,7 @@ def read_events_csv(
     "Stream an events table in chunks, keeping only the needed columns and itemids → subject_id, time, itemid, value."
     cols = ["subject_id", "itemid", time_col, "valuenum"]
     keep, out = set(itemids), []
-    for chunk in pd.read_csv(path, usecols=cols, chunksize=chunksize):
+    for chunk in read_csv_checked(path, usecols=cols, chunksize=chunksize):
         out.append(chunk[chunk["itemid"].isin(keep) & chunk["valuenum"].notna()])
     df = pd.concat(out, ignore_index=True).rename(columns={time_col: "time", "valuenum": "value"})
     df["time"] = pd.to_datetime(df["time"])
@@ -226,9 +258,19 @@ def mimic_admissions(
     readmit_days: float = 30,  # readmission horizon after discharge
 ) -> pd.DataFrame:
     "Admissions with age, sex, mortality and 30-day readmission labels (see the definitions above)."
-    a = pd.read_csv(_csv(hosp, "admissions"), usecols=["subject_id", "hadm_id", "admittime", "dischtime", "hospital_expire_flag"],
-                    parse_dates=["admittime", "dischtime"])
-    p = pd.read_csv(_csv(hosp, "patients"), usecols=["subject_id", "gender", "anchor_age", "anchor_year"])
+    af, pf = _csv(hosp, "admissions"), _csv(hosp, "patients")
+    a = read_csv_checked(af, usecols=["subject_id", "hadm_id", "admittime", "dischtime", "hospital_expire_flag"],
+                         parse_dates=["admittime", "dischtime"])
+    flag = pd.to_numeric(a["hospital_expire_flag"], errors="coerce")
+    bad = a.loc[~flag.isin([0, 1]), "hadm_id"].tolist()
+    if bad: raise ValueError(f"{af}: hospital_expire_flag must be 0 or 1; hadm_id(s) {bad[:5]} have "
+                             f"{sorted(set(a.loc[~flag.isin([0, 1]), 'hospital_expire_flag'].astype(str)))[:5]}")
+    dup = a["hadm_id"][a["hadm_id"].duplicated()].unique().tolist()
+    if dup: raise ValueError(f"{af}: hadm_id(s) {dup[:5]} appear on more than one row")
+    p = read_csv_checked(pf, usecols=["subject_id", "gender", "anchor_age", "anchor_year"])
+    conf = _conflicts(p, "subject_id", ["gender", "anchor_age", "anchor_year"])
+    if conf: raise ValueError(f"{pf}: conflicting demographics for one subject_id ({_show(conf)})")
+    p = p.groupby("subject_id", as_index=False, sort=False).first()  # repeated identical rows are one person
     a = a.merge(p, on="subject_id", how="left", validate="many_to_one")
     if a["gender"].isna().any(): raise ValueError(f"{hosp}: admissions of subjects missing from patients: {a.loc[a.gender.isna(), 'subject_id'].unique()[:5]}")
     a["age"] = a["anchor_age"] + a["admittime"].dt.year - a["anchor_year"]
@@ -264,7 +306,7 @@ def load_mimic(
     if task not in ("mortality", "readmission"): raise ValueError(f"unknown MIMIC-IV task {task!r}: use 'mortality' or 'readmission'")
     labs, vitals = labs or MIMIC_LABS, vitals or MIMIC_VITALS
     P = mimic_paths(data)
-    d = pd.read_csv(_csv(P["hosp"], "d_labitems"), usecols=["itemid", "label"]).set_index("itemid")["label"]
+    d = read_csv_checked(_csv(P["hosp"], "d_labitems"), usecols=["itemid", "label"]).set_index("itemid")["label"]
     absent = [i for i in labs if i not in d.index]
     if absent: raise ValueError(f"{P['hosp']}/d_labitems: itemids {absent} not found")
     a = mimic_admissions(P["hosp"])

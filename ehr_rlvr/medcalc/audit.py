@@ -11,6 +11,7 @@ import pandas as pd
 import ehr_rlvr.medcalc.formulas  # noqa: F401  (registers the 36 formula calculators)
 import ehr_rlvr.medcalc.scores    # noqa: F401  (registers the 19 point-sum calculators)
 from .base import CALCULATORS, CONVENTIONS, check_convention, compute
+from ..io import read_csv_checked
 
 # %% auto #0
 __all__ = ['CATEGORY_ALIASES', 'normalize_category', 'parse_gestational_age', 'agrees', 'audit_rows', 'summarize', 'audit_csv']
@@ -63,10 +64,10 @@ def _jsonable(x):
     if isinstance(x, float) and (math.isnan(x) or math.isinf(x)): return str(x)
     return x
 
-def _relabels(path: str | Path | None) -> dict[int, str]:
+def _relabels(path: str | Path | None, encoding: str = "utf-8") -> dict[int, str]:
     "Row Number -> relabeled gold answer from a relabel CSV (`Unique ID`, `Ground Truth Answer`)."
     if path is None: return {}
-    df = pd.read_csv(path, dtype=str)
+    df = read_csv_checked(path, encoding, dtype=str)
     missing = {"Unique ID", "Ground Truth Answer"} - set(df.columns)
     if missing: raise ValueError(f"{path}: relabel CSV lacks columns {sorted(missing)}")
     return {int(r["Unique ID"]): r["Ground Truth Answer"] for _, r in df.iterrows() if isinstance(r["Ground Truth Answer"], str)}
@@ -150,13 +151,14 @@ def audit_csv(csv_path: str | Path,                 # a MedCalc-Bench CSV (test 
               out: str | Path | None = None,        # JSONL with one line per row; None -> not written
               relabel_csv: str | Path | None = None, # optional relabel CSV (`Unique ID`, `Ground Truth Answer`)
               convention: str = "medcalc_v1",       # convention judged by `verdict`/`agree_rate`: 'medcalc_v1' (v1.0 labels) or 'clinical'
+              encoding: str = "utf-8",              # text encoding of the CSVs (e.g. 'latin-1')
              ) -> dict:
     "Recompute every row of `csv_path` under both conventions, compare with its gold label, write per-row JSONL, return the summary."
     check_convention(convention)
-    df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    df = read_csv_checked(csv_path, encoding, dtype=str, keep_default_na=False)
     need = {"Calculator ID", "Relevant Entities", "Ground Truth Answer", "Lower Limit", "Upper Limit", "Output Type"}
     if need - set(df.columns): raise ValueError(f"{csv_path}: missing columns {sorted(need - set(df.columns))}")
-    recs = audit_rows(df, _relabels(relabel_csv), convention)
+    recs = audit_rows(df, _relabels(relabel_csv, encoding), convention)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w", encoding="utf-8") as f:

@@ -9,6 +9,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
+import ehr_rlvr.medcalc.formulas  # noqa: F401  (registers the formula calculators)
+import ehr_rlvr.medcalc.scores    # noqa: F401  (registers the point-sum calculators)
+from .base import CALCULATORS
+from ..io import read_csv_checked
+from ..rewards import to_number
 
 # %% auto #0
 __all__ = ['MEDCALC_COLUMNS', 'CATEGORY_ALIASES', 'OUTPUT_TYPES', 'HUB_ID', 'PROMPT_STYLES', 'EHRMIND_SYSTEM', 'EHRMIND_USER',
@@ -49,14 +54,26 @@ def validate_medcalc_frame(df:pd.DataFrame, # frame with the 14 MedCalc columns
                                           f"{df['Output Type'].iloc[i]!r} (expected one of {OUTPUT_TYPES})")
     dup = df["Row Number"][df["Row Number"].duplicated()]
     if len(dup): raise ValueError(f"{source}: duplicate Row Number(s) {sorted(set(dup.tolist()))[:10]}")
+    rn = df["Row Number"].tolist()
+    def refuse(bad, what):
+        more = f" (and {len(bad) - 1} more row(s): Row Number {[rn[j] for j in bad[1:11]]})" if len(bad) > 1 else ""
+        raise ValueError(f"{source}: Row Number {rn[bad[0]]}: {what(bad[0])}{more}")
+    unknown = np.flatnonzero(~df["Calculator ID"].isin(list(CALCULATORS)).to_numpy())
+    if len(unknown): refuse(unknown, lambda i: f"unknown Calculator ID {df['Calculator ID'].iloc[i]} (no calculator with that "
+                                               f"id among the {len(CALCULATORS)} in ehr_rlvr.medcalc.base.CALCULATORS)")
+    lo, hi = df["Lower Limit"].map(to_number), df["Upper Limit"].map(to_number)
+    swapped = np.flatnonzero([a is not None and b is not None and a > b for a, b in zip(lo, hi)])
+    if len(swapped): refuse(swapped, lambda i: f"Lower Limit {df['Lower Limit'].iloc[i]!r} > Upper Limit "
+                                               f"{df['Upper Limit'].iloc[i]!r} (swapped limits; fix the row)")
     return df.reset_index(drop=True)
 
-def read_medcalc_csv(path:str|Path, # a MedCalc-Bench CSV (test_data.csv, train_data.csv or a subset)
+def read_medcalc_csv(path:str|Path, # a MedCalc-Bench CSV (test_data.csv, train_data.csv or a subset), plain or gzip
+                     encoding:str="utf-8", # the file's text encoding, e.g. "latin-1"
                     ) -> pd.DataFrame:
     "Read a MedCalc-Bench CSV as strings, validate the 14 columns, parse ids to int, normalise categories."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"MedCalc CSV not found: {path}")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = read_csv_checked(path, encoding, dtype=str, keep_default_na=False)
     return validate_medcalc_frame(df, source=str(path))
 
 # %% ../../nbs/03d_medcalc_data.ipynb #b23fecf8
@@ -73,11 +90,12 @@ def _truthy(v) -> bool: return str(v).strip().lower() in {"1", "true", "yes", "o
 
 def load_medcalc(source:str|Path|pd.DataFrame, # CSV path, a frame in the CSV schema, or a hub id
                  split:str="test", # hub split (ignored for paths and frames)
+                 encoding:str="utf-8", # text encoding of a CSV path
                 ) -> pd.DataFrame:
     "A validated MedCalc frame from a CSV path, a DataFrame or a Hugging Face hub id."
     if isinstance(source, pd.DataFrame): return validate_medcalc_frame(source, "<DataFrame>")
     s = str(source)
-    if Path(s).exists() or s.endswith(".csv"): return read_medcalc_csv(s)
+    if Path(s).exists() or s.endswith(".csv"): return read_medcalc_csv(s, encoding)
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", s): raise ValueError(f"MedCalc source {s!r} is neither an existing CSV path nor a hub id")
     hint = f"cannot load {s!r} from the Hugging Face hub ({{why}}); pass the path of a MedCalc-Bench CSV instead"
     offline = _truthy(os.environ.get("HF_HUB_OFFLINE", "")) or _truthy(os.environ.get("HF_DATASETS_OFFLINE", ""))
@@ -220,7 +238,7 @@ def load_split_ids(path:str|Path) -> dict[str, list[str]]:
 # %% ../../nbs/03d_medcalc_data.ipynb #e947b8cb
 from ..tasks import Task, register_task, check_rows
 from ..rewards import (get_medcalc_reward, format_reward, correct_reward, score_completion,
-                              gold_answer_value, format_completion, parse_completion)
+                              gold_answer_value, format_completion, parse_completion, parse_gold)
 
 _SPLIT_PARAMS = ("source", "style", "seed", "val_frac", "test_frac", "test_source", "hub_split", "id_prefix")
 _REWARD_PARAMS = ("correct", "wrong", "malformed")
@@ -272,9 +290,9 @@ class MedCalcTask(Task):
         for s in dd: check_rows(dd[s], self.name)
         return dd
 
-    def load_rows(self, data, style:str="ehrmind", **params) -> "datasets.Dataset":
+    def load_rows(self, data, style:str="ehrmind", encoding:str="utf-8", **params) -> "datasets.Dataset":
         "All rows of one MedCalc CSV / frame / hub id, unsplit."
-        return medcalc_rows(load_medcalc(data), style, params.get("id_prefix", "medcalc"))
+        return medcalc_rows(load_medcalc(data, encoding=encoding), style, params.get("id_prefix", "medcalc"))
 
     def reward_funcs(self, **params) -> list:
         "`[medcalc_reward (training), format_reward, correct_reward (logged)]`."
@@ -283,6 +301,11 @@ class MedCalcTask(Task):
     def score(self, completion, ground_truth:dict) -> dict:
         "Format verdict, correctness, reward (this task's scheme) and prediction of one completion."
         return score_completion(completion, ground_truth, **self._params(_REWARD_PARAMS, {}))
+
+    def gold_usable(self, ground_truth:dict) -> bool:
+        "False when the gold answer is empty or `nan`, or the verifier cannot parse the gold (limits, integer, date)."
+        ans = str((ground_truth or {}).get("answer", "")).strip().lower()
+        return ans not in ("", "nan", "none", "null", "n/a") and parse_gold(ground_truth) is not None
 
     def sft_completion(self, row:dict) -> str|None:
         "Gold explanation in `<think>` + gold answer in `<answer>`, or None if the row cannot give a valid one."
