@@ -5,6 +5,7 @@
 # %% ../nbs/10_pipeline.ipynb #a8201708
 from __future__ import annotations
 
+import ast
 import datetime as _dt
 import fnmatch
 import hashlib
@@ -69,11 +70,22 @@ def check_param_type(name: str,  # parameter name
                           f"declared as `{name}: {typ} = {declared.get('default')}`  # {declared.get('help', '')}")
 
 
+def _literal(src: str):
+    "A declared default (papermill gives its source text) as a value; `_NOT_LITERAL` when it is an expression."
+    try:
+        return ast.literal_eval(src)
+    except (ValueError, SyntaxError):
+        return _NOT_LITERAL
+
+
+_NOT_LITERAL = object()
+
+
 def resolve_stages(cfg: dict,  # from `load_config`
                    nbs: str | Path,  # folder of stage notebooks
                    rdir: str | Path,  # the run directory
                   ) -> list[dict]:
-    "Each stage with its notebook path and the parameters it receives; refuses undeclared or mistyped parameters."
+    "Each stage with its notebook path and every parameter's value (config, else the declared default); refuses undeclared or mistyped ones."
     declared_any, out, src = set(), [], cfg.get("path", "config")
     for st in cfg["stages"]:
         nb = Path(nbs) / f"{st['notebook']}.ipynb"
@@ -83,7 +95,8 @@ def resolve_stages(cfg: dict,  # from `load_config`
         if extra:
             raise ConfigError(f"{src}: stage {st['name']!r} has parameters its notebook {nb.name} "
                               f"does not declare: {sorted(extra)}. Declared: {sorted(declared)}")
-        params = {k: v for k, v in cfg["params"].items() if k in declared}
+        params = {k: v for k, d in declared.items() if k not in RUNNER_PARAMS and (v := _literal(d["default"])) is not _NOT_LITERAL}
+        params.update({k: v for k, v in cfg["params"].items() if k in declared})
         params.update({"run_dir": str(Path(rdir).resolve()), "seed": cfg["seed"]})
         params = {k: v for k, v in params.items() if k in declared}
         params.update(st["params"])

@@ -314,3 +314,115 @@ def test_real_tjh_still_loads():
     from ehr_rlvr.ehr.cohorts import load_tjh
     c = load_tjh(TJH_CSV)
     assert (len(c), int(c.y.sum()), set(np.unique(c.y).tolist())) == (375, 174, {0, 1})
+
+
+# ---- run integrity: the pipeline runner on the real stages (smoke config) ------------------------------------------
+# | case | what the user does | expected outcome |
+# |---|---|---|
+# | stale results | rerun a run id with `sft_learning_rate` changed | refused, naming `30_sft.sft_learning_rate: old -> new`; nothing touched |
+# | stale results | the same with `--rerun-changed --only 30_sft` | SFT reruns; every later stage's outputs are discarded and marked stale |
+# | stale results | rerun with `n_per_calculator` changed and `--rerun-changed` | every stage reruns; every evaluated id is in the new test split |
+# | foreign checkpoint | an RL checkpoint of another configuration in `rl/<name>/` | discarded, training starts from the stage's own init |
+# | --only on stale upstream | `--only 40_rlvr_sft --force` after an upstream change | refused, naming the stale earlier stage |
+# | killed forced rerun | SIGKILL during `--only 50_evaluate --force`, then a plain rerun | the stage reruns ("interrupted earlier"), same results |
+# | late types | `n_per_calculator: "ten"` | refused before anything runs, naming the parameter; no run folder left |
+import os
+import signal
+import subprocess
+import time
+
+import yaml
+
+from conftest import CLI, run_cli
+
+
+def _smoke_cfg(tmp_path, name="cfg.yaml", **changes):
+    cfg = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    cfg.update(changes)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _copy_run(smoke_run, tmp_path, name):
+    shutil.copytree(smoke_run, tmp_path / "runs" / name)
+    return tmp_path / "runs" / name
+
+
+def _pipe(cfg, tmp_path, run_id, *extra):
+    return run_cli("pipeline", cfg, "--run-id", run_id, "--runs-root", tmp_path / "runs", "--no-progress", *extra)
+
+
+def test_changed_upstream_parameter_is_refused_or_reruns_everything_after_it(smoke_run, tmp_path):
+    from ehr_rlvr.pipeline import read_record
+    run = _copy_run(smoke_run, tmp_path, "r")
+    before = (run / "models" / "sft" / "model.safetensors").read_bytes()
+    cfg = _smoke_cfg(tmp_path, sft_learning_rate=0.002)
+    p = _pipe(cfg, tmp_path, "r")
+    assert p.returncode == 2 and "30_sft.sft_learning_rate: 0.001 -> 0.002" in p.stderr and "--rerun-changed" in p.stderr
+    assert (run / "models" / "sft" / "model.safetensors").read_bytes() == before  # refused: nothing touched
+    p = _pipe(cfg, tmp_path, "r", "--rerun-changed", "--only", "30_sft")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "30_sft: running 30_sft.ipynb (sft_learning_rate: 0.001 -> 0.002)" in p.stdout
+    assert (run / "models" / "sft" / "model.safetensors").read_bytes() != before
+    for stale in ("40_rlvr_base", "40_rlvr_sft", "50_evaluate", "20_pilot_sft_rlvr", "60_report"):
+        assert read_record(run, stale)["status"] == "stale", stale
+    for gone in ("models/sft_rlvr", "models/rlvr", "eval/sft/predictions.parquet", "report/results.csv"):
+        assert not (run / gone).exists(), f"stale output {gone} survived an upstream rerun"
+    # --only on a stage whose upstream is stale: refused, naming the stage
+    p = _pipe(cfg, tmp_path, "r", "--only", "40_rlvr_sft", "--force")
+    assert p.returncode == 2 and "the earlier stage '40_rlvr_base' is not done for this config" in p.stderr
+
+
+def test_changed_data_size_reruns_every_stage_on_the_new_split(smoke_run, tmp_path):
+    run = _copy_run(smoke_run, tmp_path, "r")
+    p = _pipe(_smoke_cfg(tmp_path, n_per_calculator=12), tmp_path, "r", "--rerun-changed")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "10_data: running 10_data.ipynb (n_per_calculator: 10 -> 12)" in p.stdout
+    assert "skipped" not in p.stdout
+    test_ids = set(json.loads((run / "data" / "split_ids.json").read_text())["test"])
+    for regime in ("base", "sft", "rlvr", "sft_rlvr"):
+        assert set(pd.read_parquet(run / "eval" / regime / "predictions.parquet")["id"]) == test_ids, regime
+    man = json.loads((run / "manifest.json").read_text())
+    assert man["invocation"]["config_changes"] == ["10_data.n_per_calculator: 10 -> 12"]
+    assert all(e["action"] == "ran" for e in man["stage_log"])
+
+
+def test_a_checkpoint_of_another_configuration_is_never_resumed(smoke_run, tmp_path):
+    run = _copy_run(smoke_run, tmp_path, "r")
+    foreign = run / "rl" / "sft_rlvr"
+    shutil.copytree(run / "rl" / "rlvr" / "checkpoint-2", foreign / "checkpoint-9")  # another run's checkpoint
+    (foreign / "identity.json").write_text(json.dumps({"identity": "someone-else"}))
+    p = _pipe(ROOT / "configs" / "smoke.yaml", tmp_path, "r", "--only", "40_rlvr_sft", "--force")
+    assert p.returncode == 0, p.stderr[-2000:]
+    executed = (run / "40_rlvr_sft.ipynb").read_text()
+    assert "resume from None" in executed and "checkpoint-9" not in json.dumps(sorted(p.name for p in foreign.iterdir()))
+
+
+def test_a_killed_forced_rerun_never_looks_done(smoke_run, tmp_path):
+    from ehr_rlvr.pipeline import read_record
+    run = _copy_run(smoke_run, tmp_path, "r")
+    cfg = ROOT / "configs" / "smoke.yaml"
+    args = ["pipeline", str(cfg), "--run-id", "r", "--runs-root", str(tmp_path / "runs"), "--no-progress"]
+    proc = subprocess.Popen([*CLI, *args, "--only", "50_evaluate", "--force"], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and (read_record(run, "50_evaluate") or {}).get("status") != "running":
+        assert proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(1.0)  # inside the stage's notebook
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert read_record(run, "50_evaluate")["status"] == "running"
+    p = run_cli(*args)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "50_evaluate: running 50_evaluate.ipynb (interrupted earlier)" in p.stdout
+    assert "40_rlvr_sft: done earlier with the same inputs, skipped" in p.stdout
+    pd.testing.assert_frame_equal(pd.read_csv(smoke_run / "report" / "results.csv"), pd.read_csv(run / "report" / "results.csv"))
+
+
+def test_parameter_types_are_checked_before_anything_runs(tmp_path):
+    p = _pipe(_smoke_cfg(tmp_path, n_per_calculator="ten"), tmp_path, "typed")
+    assert p.returncode == 2
+    assert "parameter 'n_per_calculator' must be int, got 'ten' (str)" in p.stderr and "10_data" in p.stderr
+    assert not (tmp_path / "runs" / "typed").exists(), "a refused config must not leave a run folder"

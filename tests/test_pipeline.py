@@ -76,7 +76,7 @@ def test_rerun_resumes_a_half_done_run(smoke_run):
     assert p.returncode == 0, p.stderr[-2000:]
     out = p.stdout
     for st in ("10_data", "15_pretrain", "20_pilot", "30_sft", "40_rlvr_base", "40_rlvr_sft"):
-        assert f"{st}: done earlier, skipped" in out
+        assert f"{st}: done earlier with the same inputs, skipped" in out
     assert "50_evaluate: running" in out and "60_report: running" in out
     pd.testing.assert_frame_equal(before, pd.read_csv(smoke_run / "report" / "results.csv"))
 
