@@ -80,7 +80,7 @@ def paired_comparisons(run_dir: str | Path,  # the run directory
                        n_boot: int = 1000,  # bootstrap resamples
                        seed: int = 0,  # resampling seed
                       ) -> pd.DataFrame:
-    "Difference `regime - baseline` in mean `column` on the rows both were evaluated on, with a paired bootstrap 95 % CI."
+    "Difference `regime - baseline` in mean `column` on the (scorable) rows both were evaluated on, with a paired bootstrap 95 % CI."
     run, recs, preds = Path(run_dir), [], {}
 
     def load(regime):  # each regime's predictions, read and checked once
@@ -105,6 +105,8 @@ def paired_comparisons(run_dir: str | Path,  # the run directory
         if len(m) < max(len(a), len(b)):
             raise ValueError(f"{regime} and {baseline} were evaluated on different rows "
                              f"({len(a)} and {len(b)} rows, {len(m)} shared): rerun 50_evaluate on one split")
+        if "scorable" in a:  # rows whose gold label is unusable count for neither regime
+            m = m[m["id"].isin(a.loc[a["scorable"].astype(bool), "id"])]
         if task is None:
             mj = run / "eval" / regime / "metrics.json"
             task = json.loads(mj.read_text()).get("task") if mj.exists() else None
