@@ -19,21 +19,32 @@ from .rewards import get_reward
 from .tasks import Task
 
 # %% auto #0
-__all__ = ['precision_kwargs', 'lora_config', 'sft_dataset', 'build_sft_config', 'build_grpo_config', 'grpo_dataset',
-           'grpo_trainer', 'discard_foreign_checkpoints', 'last_complete_checkpoint', 'trainable_snapshot', 'changed',
-           'log_history']
+__all__ = ['cpu_bf16_supported', 'precision_kwargs', 'lora_config', 'sft_dataset', 'build_sft_config', 'build_grpo_config',
+           'grpo_dataset', 'grpo_trainer', 'discard_foreign_checkpoints', 'last_complete_checkpoint',
+           'trainable_snapshot', 'changed', 'log_history']
 
 # %% ../nbs/06_train.ipynb #29a71165
+def cpu_bf16_supported() -> bool:
+    "Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX), which makes bf16 autocast pay off."
+    try:
+        flags = next((l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def precision_kwargs(precision: str = "auto",  # "auto" | "fp32" | "bf16" | "fp16"
                     ) -> dict:
-    "TrainingArguments fields for a precision choice; 'auto' is bf16 on a capable GPU, fp32 on CPU."
+    "TrainingArguments fields for a precision choice; 'auto' is bf16 on a capable GPU, fp32 on CPU (bf16 there on request)."
     cuda = torch.cuda.is_available()
     if precision == "auto":
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
     if precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-    if precision != "fp32" and not cuda:
-        raise ValueError(f"precision={precision!r} needs a GPU; use fp32 (or auto) on CPU")
+    if precision == "fp16" and not cuda:
+        raise ValueError("precision='fp16' needs a GPU; use fp32, or bf16 on a CPU with bf16 instructions")
+    if precision == "bf16" and not cuda and not cpu_bf16_supported():
+        raise ValueError("precision='bf16' on this CPU: no native bf16 instructions (AVX512-BF16 or AMX); use fp32")
     return {"use_cpu": not cuda, "bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
