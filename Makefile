@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 CONFIG ?= configs/demo.yaml
 RUN_ID ?= demo
+SEEDS ?=
 PYTEST_ARGS ?=
 # CPU machines get the CPU build of torch (no CUDA wheels); a machine with nvidia-smi gets the default build.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -17,10 +18,11 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help install demo test check export clean-nbs lab clean nbdev-test pytest readme docs preview
+.PHONY: help install demo demo-seeds test check export clean-nbs lab clean nbdev-test pytest readme docs preview
 
 help:
-	@echo "make demo    run the embedded EHRMIND pipeline (configs/demo.yaml) into runs/$(RUN_ID)/"
+	@echo "make demo    run the embedded EHRMIND pipeline (configs/demo.yaml) into runs/$(RUN_ID)/ (one seed: a quick look)"
+	@echo "make demo-seeds  the same over seeds 0 1 2 with the cross-seed report (runs/$(RUN_ID)-seeds/): the demo's claims"
 	@echo "make test    sync gate + notebook tests + pytest"
 	@echo "make lab     JupyterLab on nbs/"
 	@echo "make export  notebooks -> ehr_rlvr/ (and README.md)"
@@ -36,8 +38,12 @@ $(STAMP): settings.ini setup.py
 
 install: $(STAMP)
 
+# One seed is one sample (a quick look); `make demo SEEDS="0 1 2"` or `make demo-seeds` gives the cross-seed report.
 demo: $(STAMP)
-	$(BIN)/ehr-rlvr pipeline $(CONFIG) --run-id $(RUN_ID)
+	$(BIN)/ehr-rlvr pipeline $(CONFIG) --run-id $(RUN_ID)$(if $(SEEDS),-seeds --seeds $(SEEDS))
+
+demo-seeds: $(STAMP)
+	$(BIN)/ehr-rlvr pipeline $(CONFIG) --run-id $(RUN_ID)-seeds --seeds 0 1 2
 
 test: $(STAMP)
 	$(MAKE) --no-print-directory check

@@ -217,7 +217,9 @@ def why_rerun(old: dict | None,  # the stage's record, None if it never started
         out.append("code changed (stage notebook or library)")
     if old.get("inputs") != new["inputs"]:
         out.append("input data changed")
-    out += [f"upstream {s} changed" for s in new["upstream"] if old.get("upstream", {}).get(s) != new["upstream"][s]]
+    up_old = old.get("upstream", {})
+    out += [f"upstream {s} changed" for s in new["upstream"] if up_old.get(s) != new["upstream"][s]]
+    out += [f"{s} no longer runs before it" for s in up_old if s not in new["upstream"]]
     return "; ".join(out) or "identity changed"
 
 # %% ../nbs/10_pipeline.ipynb #340d9331
@@ -455,6 +457,9 @@ def run_pipeline(config: str | Path,  # YAML run recipe
     names = [s["name"] for s in stages]
     if only is not None and only not in names:
         raise ConfigError(f"--only {only!r}: not a stage of {config} (stages: {names})")
+    if any(rdir.glob("seed-*/manifest.json")):
+        raise ConfigError(f"run {run_id!r} ({rdir}) is a multi-seed run (it holds seed-<s>/ runs): rerun it with "
+                          f"--seeds, or use another --run-id for a single-seed run")
     plan = [{"name": s["name"], "notebook": s["notebook"], "params": s["params"]} for s in stages]
     old = json.loads((rdir / "manifest.json").read_text()).get("stages") if (rdir / "manifest.json").exists() else None
     diff = config_diff(old, plan) if old is not None else []
@@ -507,6 +512,8 @@ def run_seeds(config: str | Path,  # YAML run recipe
         raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {seeds!r}")
     run_id = check_run_id(run_id or new_run_id(cfg["name"]))
     top, nbs = Path(runs_root or root / "runs") / run_id, Path(nbs or pipeline_dir(root))
+    if (top / "manifest.json").exists() and "seeds" not in json.loads((top / "manifest.json").read_text()):
+        raise ConfigError(f"run {run_id!r} ({top}) is a single-seed run: use another --run-id for a multi-seed run")
     for s in seeds:  # refuse a bad config before any seed runs
         resolve_stages(load_config(config, {"seed": s}), nbs, top / f"seed-{s}")
     rep = None

@@ -14,7 +14,8 @@ __all__ = ['MAX_COMPLETION_CHARS', 'MAX_ANSWER_CHARS', 'MAX_ABS_VALUE', 'MAX_STR
            'medcalc_reward', 'format_reward', 'correct_reward', 'REWARDS', 'HACK_PROBES', 'tag_count_reward', 'Parsed',
            'completion_text', 'parse_completion', 'extract_answer', 'to_number', 'to_date', 'to_gestational',
            'parse_gold', 'score_medcalc', 'score_completion', 'get_medcalc_reward', 'get_format_reward',
-           'get_correct_reward', 'get_reward', 'gold_answer_value', 'format_completion', 'get_tag_count_reward']
+           'get_correct_reward', 'get_reward', 'gold_answer_value', 'format_completion', 'plain_answer',
+           'get_tag_count_reward']
 
 # %% ../nbs/04_rewards.ipynb #b7ea2b34
 MAX_COMPLETION_CHARS = 50_000   # longer completions are malformed ("too_long")
@@ -275,6 +276,16 @@ def format_completion(think:str, # reasoning text (must not contain the tags)
                      ) -> str:
     "`<think>{think}</think>\\n<answer>{\"answer\": VALUE}</answer>`."
     return f"<think>{think}</think>\n<answer>{json.dumps({'answer': value}, ensure_ascii=False)}</answer>"
+
+# %% ../nbs/04_rewards.ipynb #007d39c4
+def plain_answer(completion:str, # a well-formed `<think>…</think><answer>{"answer": …}</answer>` completion
+                ) -> str:
+    "The same reasoning and answer as free text (`…\\nAnswer: VALUE`), the way a model ignoring the format writes it."
+    m = _LAYOUT_RE.match(completion.rstrip())
+    p = parse_completion(completion)
+    if m is None or not p.format_ok: raise ValueError(f"plain_answer needs a well-formed completion, got {completion[:80]!r}")
+    value = p.value if not isinstance(p.value, list) else ", ".join(map(str, p.value))
+    return f"{m.group(1).strip()}\nAnswer: {value}"
 
 # %% ../nbs/04_rewards.ipynb #3a277b6c
 HACK_PROBES: dict[str, str] = {
