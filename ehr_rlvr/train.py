@@ -137,6 +137,7 @@ def build_grpo_config(output_dir: str,  # checkpoints, logs, tensorboard
                       num_completions_to_print: int = 1,  # of those, how many to print per step (rich tables are large)
                       warmup_ratio: float = 0.0,  # linear warm-up share
                       mask_truncated_completions: bool = True,  # no credit for completions cut by the budget
+                      cache_implementation: str | None = None,  # generation KV cache: None (dynamic) | "static"
                      ) -> GRPOConfig:
     "GRPOConfig with every choice explicit; batch = prompts_per_step × num_generations; writes `trainer_config.json`."
     if num_generations < 2:
@@ -151,6 +152,7 @@ def build_grpo_config(output_dir: str,  # checkpoints, logs, tensorboard
                      save_strategy="steps", save_steps=save_steps, save_total_limit=save_total_limit,
                      report_to=report_to, log_completions=log_completions, num_completions_to_print=num_completions_to_print,
                      warmup_steps=warmup_ratio, mask_truncated_completions=mask_truncated_completions,
+                     cache_implementation=cache_implementation,
                      disable_tqdm=False, **precision_kwargs(precision))
     _dump(cfg, output_dir)
     return cfg

@@ -1,5 +1,6 @@
 """The papermill runner on the real stages: refuses unknown parameters, reports failing stages, resumes, smoke run."""
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -88,3 +89,36 @@ def test_every_shipped_config_resolves_against_the_stages(config, tmp_path):
     assert stages and all(s["path"].exists() for s in stages)
     if cfg["requires"] == "gpu":
         assert cfg["params"]["model_id"] != "tiny" and "15_pretrain" not in [s["notebook"] for s in stages]
+
+
+def test_two_seed_run_writes_the_cross_seed_report(smoke_run, tmp_path):
+    # seed 0 is the session's smoke run, copied in: its stages are recognised as done (same config, seed and code),
+    # so only seed 1 trains; then the cross-seed report
+    top = tmp_path / "seeds"
+    shutil.copytree(smoke_run, top / "seed-0")
+    p = run_cli("pipeline", "configs/smoke.yaml", "--seeds", "0", "1", "--run-id", "seeds", "--runs-root", tmp_path,
+                "--no-progress")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("done earlier with the same inputs, skipped") == 9  # all of seed 0
+    assert "70_cross_seed: running" in p.stdout
+    assert json.loads((top / "seed-1" / "manifest.json").read_text())["seed"] == 1
+    res = pd.read_csv(top / "report" / "results.csv")
+    assert list(res.columns) == ["task", "regime", "metric", "value", "ci_low", "ci_high", "n", "n_seeds"]
+    acc = res[res["metric"] == "accuracy"].set_index("regime")
+    assert sorted(acc.index) == ["base", "rlvr", "sft", "sft_rlvr"] and (acc["n_seeds"] == 2).all()
+    per_seed = pd.read_csv(top / "report" / "per_seed.csv").query("metric == 'accuracy'")
+    for regime, row in acc.iterrows():  # the value is the mean of the seeds' own accuracies
+        own = [pd.read_csv(top / f"seed-{s}" / "report" / "results.csv").query("metric == 'accuracy' and regime == @regime")["value"].item()
+               for s in (0, 1)]
+        assert row["value"] == pytest.approx(sum(own) / 2, abs=1e-12)
+        assert sorted(per_seed.query("regime == @regime")["value"]) == pytest.approx(sorted(own), abs=1e-12)
+        assert row["ci_low"] <= row["value"] <= row["ci_high"]
+    cmp = pd.read_csv(top / "report" / "comparisons.csv")
+    assert list(cmp.columns) == ["task", "comparison", "diff", "ci_low", "ci_high", "seeds_positive", "n_seeds"]
+    assert list(cmp["comparison"]) == ["sft - base", "sft_rlvr - sft", "rlvr - base", "sft_rlvr - base"]
+    assert (cmp["seeds_positive"].between(0, 2)).all() and (cmp["n_seeds"] == 2).all()
+    assert (top / "report" / "seeds.png").stat().st_size > 5000 and (top / "70_cross_seed.ipynb").exists()
+    # a rerun finds everything done, the report included
+    again = run_cli("pipeline", "configs/smoke.yaml", "--seeds", "0", "1", "--run-id", "seeds", "--runs-root", tmp_path,
+                    "--no-progress")
+    assert again.returncode == 0 and "running" not in again.stdout

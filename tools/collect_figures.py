@@ -1,6 +1,7 @@
 """Copy the figures worth keeping into figures/ and write figures/README.md with where each came from.
 
     python tools/collect_figures.py --run runs/demo            # a pipeline run's report and pilot figures
+    python tools/collect_figures.py --run runs/demo-seeds --run runs/demo-seeds/seed-0   # a multi-seed run, one seed
     python tools/collect_figures.py --notebook nbs/23_experts_results.ipynb   # images saved in an executed notebook
 
 `runs/` is not versioned; figures/ is. Each call replaces the figures of its source and keeps the others.
@@ -34,14 +35,21 @@ def from_run(run: Path) -> dict[str, dict]:
     manifest = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").exists() else {}
     name = manifest.get("config", {}).get("name", "")
     config = f"configs/{name}.yaml" if (ROOT / "configs" / f"{name}.yaml").exists() else f"<config {name!r}>"
-    made_by = f"ehr-rlvr pipeline {config} --run-id {run.name}"
+    top = run.parent if run.name.startswith("seed-") and (run.parent / "manifest.json").exists() else None
+    seeds = json.loads((top / "manifest.json").read_text()).get("seeds") if top else None
+    if seeds:  # one seed of a multi-seed run
+        prefix, made_by = f"{top.name}_{run.name}", f"ehr-rlvr pipeline {config} --run-id {top.name} --seeds {' '.join(map(str, seeds))}"
+    else:
+        prefix = run.name
+        seeds = manifest.get("seeds")
+        made_by = f"ehr-rlvr pipeline {config} --run-id {run.name}" + (f" --seeds {' '.join(map(str, seeds))}" if seeds else "")
     out = {}
     for png in sorted(run.glob("report/*.png")):
         if png.name.startswith("pilot"):  # 60_report's copies of the pilot figures: taken from their own folders
             continue
-        out[f"{run.name}_{png.name}"] = dict(path=png, source=_rel(png), made_by=made_by)
+        out[f"{prefix}_{png.name}"] = dict(path=png, source=_rel(png), made_by=made_by)
     for png in sorted(run.glob("pilot*/*.png")):
-        out[f"{run.name}_{png.parent.name}_{png.name}"] = dict(path=png, source=_rel(png), made_by=made_by)
+        out[f"{prefix}_{png.parent.name}_{png.name}"] = dict(path=png, source=_rel(png), made_by=made_by)
     return out
 
 
@@ -95,14 +103,14 @@ def write(found: dict[str, dict]) -> list[str]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", type=Path, help="a pipeline run folder, e.g. runs/demo")
+    ap.add_argument("--run", type=Path, action="append", default=[], help="a pipeline run folder, e.g. runs/demo (repeatable)")
     ap.add_argument("--notebook", type=Path, help="an executed notebook with image outputs")
     a = ap.parse_args(argv)
     if not (a.run or a.notebook):
         ap.error("give --run and/or --notebook")
     found = {}
-    if a.run:
-        found |= from_run(a.run)
+    for run in a.run:
+        found |= from_run(run)
     if a.notebook:
         found |= from_notebook(a.notebook)
     for n in write(found):
