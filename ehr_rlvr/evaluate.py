@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .core import atomic_path
 from .io import clean_text
 from .metrics import accuracy, bootstrap_ci, pass_at_k
 from .tasks import Task, scorable_mask
@@ -124,16 +125,17 @@ def summarize(task: Task,  # the task
 
 def write_eval(out_dir: str | Path,  # e.g. runs/<id>/eval/<regime>
                task: Task, regime: str, scored: pd.DataFrame, metric_rows: list[dict], extra: dict | None = None) -> Path:
-    "Save `predictions.parquet` and `metrics.json` (the schema `60_report` gathers); text is made clean_text, never dropped."
+    "Save `predictions.parquet` and `metrics.json` (the schema `60_report` gathers), atomically; text is made clean_text, never dropped."
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scored = scored.copy()
     for c in scored.columns:
         if pd.api.types.is_object_dtype(scored[c]) or pd.api.types.is_string_dtype(scored[c]):
             scored[c] = scored[c].map(clean_text)  # lone surrogates -> U+FFFD
-    scored.to_parquet(out / "predictions.parquet", index=False)
+    with atomic_path(out / "predictions.parquet") as tmp:  # a killed evaluation leaves no half-written file
+        scored.to_parquet(tmp, index=False)
     n_bad = int((~scorable_mask(scored)).groupby(scored["id"]).any().sum()) if "id" in scored else 0
-    (out / "metrics.json").write_text(json.dumps(clean_text({"task": task.name, "regime": regime, "rows": metric_rows,
-                                                             "n_unscorable_gold": n_bad, **(extra or {})}),
-                                                 indent=1, default=float))
+    with atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(clean_text({"task": task.name, "regime": regime, "rows": metric_rows,
+                                              "n_unscorable_gold": n_bad, **(extra or {})}), indent=1, default=float))
     return out / "metrics.json"

@@ -108,10 +108,12 @@ def test_two_seed_run_writes_the_cross_seed_report(smoke_run, tmp_path):
     assert sorted(acc.index) == ["base", "rlvr", "sft", "sft_rlvr"] and (acc["n_seeds"] == 2).all()
     per_seed = pd.read_csv(top / "report" / "per_seed.csv").query("metric == 'accuracy'")
     for regime, row in acc.iterrows():  # the value is the mean of the seeds' own accuracies
-        own = [pd.read_csv(top / f"seed-{s}" / "report" / "results.csv").query("metric == 'accuracy' and regime == @regime")["value"].item()
-               for s in (0, 1)]
+        own = []
+        for s in (0, 1):
+            r = pd.read_csv(top / f"seed-{s}" / "report" / "results.csv")
+            own.append(r.loc[(r["metric"] == "accuracy") & (r["regime"] == regime), "value"].item())
         assert row["value"] == pytest.approx(sum(own) / 2, abs=1e-12)
-        assert sorted(per_seed.query("regime == @regime")["value"]) == pytest.approx(sorted(own), abs=1e-12)
+        assert sorted(per_seed.loc[per_seed["regime"] == regime, "value"]) == pytest.approx(sorted(own), abs=1e-12)
         assert row["ci_low"] <= row["value"] <= row["ci_high"]
     cmp = pd.read_csv(top / "report" / "comparisons.csv")
     assert list(cmp.columns) == ["task", "comparison", "diff", "ci_low", "ci_high", "seeds_positive", "n_seeds"]
