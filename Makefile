@@ -73,7 +73,7 @@ export: $(STAMP)
 	$(BIN)/python tools/readme.py
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab nbs
+	$(BIN)/jupyter lab nbs $(if $(filter 0,$(shell id -u)),--allow-root)  # root, as in a container, needs --allow-root
 
 clean:
 	rm -rf _proc _docs build dist *.egg-info .pytest_cache .hypothesis

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['cmd_pipeline', 'cmd_stages', 'cmd_audit', 'cmd_evaluate_completions', 'cmd_experts_train', 'build_parser', 'main']
+__all__ = ['cmd_pipeline', 'cmd_stages', 'cmd_tasks', 'cmd_audit', 'cmd_evaluate_completions', 'cmd_experts_train',
+           'build_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #4a423d21
 def _print_json(obj) -> None:
@@ -31,6 +32,17 @@ def cmd_stages(a) -> int:
         print(f"{nb.stem}")
         for name, p in stage_parameters(nb).items():
             print(f"  {name}: {p['inferred_type_name']} = {p['default']}  # {p['help']}")
+    return 0
+
+
+def cmd_tasks(a) -> int:
+    "Every registered task: its answer kind, main metric, labels and own parameters (a config's `task_params`)."
+    from ehr_rlvr.tasks import all_tasks
+    for name, t in all_tasks().items():
+        print(f"{name}: {t.answer_kind}, main metric {t.main_metric}" + (f", labels {list(t.labels)}" if t.labels else "")
+              + (f", knowledge unit {t.knowledge_unit}" if t.knowledge_unit else ""))
+        for k, v in t.PARAMS.items():
+            print(f"  {k}: {v!r}")
     return 0
 
 
@@ -77,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("stages", help="list the pipeline stages and their parameters")
     q.set_defaults(fn=cmd_stages)
+
+    q = sub.add_parser("tasks", help="list the tasks, their answer kinds and their parameters (task_params)")
+    q.set_defaults(fn=cmd_tasks)
 
     mc = sub.add_parser("medcalc", help="MedCalc-Bench tools").add_subparsers(dest="medcalc_command", required=True)
     q = mc.add_parser("audit", help="recompute every row from its entities and compare with the gold label")

@@ -8,6 +8,8 @@ import json, math, warnings
 from pathlib import Path
 import pandas as pd
 from .io import clean_text, iter_jsonl
+from .evaluate import confusion_table
+from .metrics import KIND_METRICS
 from .tasks import get_task, scorable_mask
 
 # %% auto #0
@@ -25,7 +27,7 @@ def _row_key(v, int_keys:bool):
     return str(v) if isinstance(v, (str, int)) else None
 
 def read_completions(path:str|Path, # JSONL file of {"row": ..., "completion": ...} (plain or gzip)
-                     int_keys:bool=True, # row keys are integers (MedCalc Row Number)
+                     int_keys:bool=True, # row keys are integers (e.g. a benchmark's row number)
                      encoding:str="utf-8", # the file's text encoding
                     ) -> dict:
     "`{row key: completion}` from a JSONL file; bad lines and duplicate rows raise errors naming file and line."
@@ -55,8 +57,8 @@ def _prepend(c, prefix:str):
             m["content"] = prefix + m["content"]; break
     return c
 
-def evaluate_completions(task:str, # task registry name, e.g. "medcalc"
-                         data:str, # the task's data file (MedCalc: a CSV)
+def evaluate_completions(task:str, # task registry name
+                         data:str, # the task's data file or folder
                          completions:str, # JSONL of {"row": <row key>, "completion": "<text>"}
                          out:str|None=None, # optional path of the summary JSON
                          predictions:str|None=None, # optional path of per-row verdicts (JSONL)
@@ -81,10 +83,12 @@ def evaluate_completions(task:str, # task registry name, e.g. "medcalc"
             try: ok = bool(t.gold_usable(r["ground_truth"]))
             except Exception: ok = False
             s = {"format_ok": False, "correct": False, "reward": None, "pred": None, "reason": "missing", "scorable": ok}
-        recs.append({"row": k, "id": r["id"], **{g: r[g] for g in t.metric_groups if g in r},
+        recs.append({"row": k, "id": r["id"], **{g: r[g] for g in t.group_columns if g in r},
                      "format_ok": bool(s["format_ok"]), "correct": bool(s["correct"]), "reward": s.get("reward"),
-                     "pred": clean_text(s.get("pred")), "reason": s.get("reason", ""), "scorable": bool(s["scorable"]),
-                     "submitted": k in comps})
+                     "pred": clean_text(None if s.get("pred") is None else str(s["pred"])),
+                     "gold": clean_text(None if s.get("gold") is None else str(s["gold"])),
+                     **({"prob": s.get("prob")} if t.answer_kind == "probability" else {}),
+                     "reason": s.get("reason", ""), "scorable": bool(s["scorable"]), "submitted": k in comps})
     df = pd.DataFrame(recs)
     m = t.metrics(df)
     ok = scorable_mask(df)
@@ -95,13 +99,19 @@ def evaluate_completions(task:str, # task registry name, e.g. "medcalc"
     sub = df[df["submitted"]]
     missing = [k for k in keys if k not in comps]
     res = {"task": task, "data": str(data), "completions": str(completions),
-           "accuracy": m["accuracy"], "format_valid_rate": m["format_valid_rate"],
+           **{name: m[name] for name in KIND_METRICS[t.answer_kind]}, "format_valid_rate": m["format_valid_rate"],
            "format_valid_rate_submitted": float(sub["format_ok"].mean()) if len(sub) else 0.0}
-    for g in t.metric_groups:
-        res[f"by_{g}"] = {str(v): float(x["correct"].mean()) for v, x in df[ok].groupby(g, sort=True)} if g in df else {}
+    for g in t.group_columns:
+        res[f"by_{g}"] = {str(v): m[f"{t.main_metric}/{v}"] for v in sorted(df.loc[ok, g].unique(), key=str)} if g in df else {}
+    if t.answer_kind == "label":
+        cm = confusion_table(t, df.assign(sample=0))
+        res["per_class"] = {name: {"precision": m.get(f"precision/{name}"), "recall": m.get(f"recall/{name}"),
+                                   "f1": m.get(f"f1/{name}"), "support": int(cm.loc[name].sum())} for name in t.labels}
+        res["confusion"] = {"labels": list(t.labels), "columns": list(cm.columns), "matrix": cm.to_numpy().tolist()}
     res |= {"n_rows": len(df), "n_completions": len(comps), "n_scored": int(len(sub)), "n_missing": len(missing),
             "missing_rows": missing, "n_unknown": len(unknown), "unknown_rows": unknown, "n_correct": int(df["correct"].sum()),
-            "n_unscorable_gold": len(unscorable), "unscorable_rows": unscorable, "main_metric": t.main_metric}
+            "n_unscorable_gold": len(unscorable), "unscorable_rows": unscorable, "main_metric": t.main_metric,
+            **getattr(t, "load_info", {})}
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(res, indent=1))

@@ -261,6 +261,22 @@ def _stage_entry(e, path, i) -> dict:
     return {"name": check_run_id(e["name"]) and e["name"], "notebook": e.get("notebook", e["name"]), "params": params}
 
 
+def _non_literal(v):
+    "The first part of `v` that is not a scalar, list or string-keyed mapping; None when it all is."
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return None
+    if isinstance(v, list):
+        return next((b for x in v if (b := _non_literal(x)) is not None), None)
+    if isinstance(v, dict):
+        for key, x in v.items():
+            if not isinstance(key, str):
+                return key
+            if (b := _non_literal(x)) is not None:
+                return b
+        return None
+    return v
+
+
 def load_config(path: str | Path,  # YAML run recipe
                 overrides: dict | None = None,  # values replacing the file's (e.g. from the CLI)
                ) -> dict:
@@ -294,7 +310,9 @@ def load_config(path: str | Path,  # YAML run recipe
     for k, v in params.items():
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
             raise ConfigError(f"{path}: parameter {k!r} is not a valid Python identifier")
-        if isinstance(v, (dict, set)):
-            raise ConfigError(f"{path}: parameter {k!r} must be a scalar or a list (papermill parameters are literals)")
+        bad = _non_literal(v)
+        if bad is not None:
+            raise ConfigError(f"{path}: parameter {k!r} holds {bad!r}: values must be scalars, lists or mappings with "
+                              "string keys (papermill parameters are literals)")
     return {"name": raw.get("name", path.stem), "seed": seed, "seeds": seeds, "stages": entries, "params": params,
             "description": raw.get("description", ""), "requires": raw.get("requires", "cpu"), "path": str(path)}

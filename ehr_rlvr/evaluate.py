@@ -17,11 +17,11 @@ from tqdm.auto import tqdm
 
 from .core import atomic_path
 from .io import clean_text
-from .metrics import accuracy, bootstrap_ci, pass_at_k
+from .metrics import accuracy, bootstrap_ci, compute_metrics, confusion, pass_at_k, row_arrays
 from .tasks import Task, scorable_mask
 
 # %% auto #0
-__all__ = ['generate', 'score_rows', 'summarize', 'write_eval']
+__all__ = ['generate', 'kept_columns', 'score_rows', 'summarize', 'confusion_table', 'write_eval']
 
 # %% ../nbs/07_evaluate.ipynb #3afa682b
 @torch.no_grad()
@@ -61,30 +61,39 @@ def _gold_text(gt) -> str:
     return clean_text(json.dumps(gt, sort_keys=True, default=str, ensure_ascii=False))
 
 
+def kept_columns(task: Task) -> list[str]:
+    "Row columns `score_rows` carries into predictions: the task's breakdown and knowledge columns, then `group_id`."
+    cols = [*task.group_columns, task.knowledge_unit, task.knowledge_unit_name, task.knowledge_group, "group_id"]
+    return [c for c in dict.fromkeys(cols) if c]
+
+
 def score_rows(task: Task,  # the task (its `score` is the RL reward's verifier)
                rows,  # task rows (datasets.Dataset or list of dicts)
                completions: Sequence[Sequence[str]],  # per row, one or more completions
               ) -> pd.DataFrame:
-    "One line per (row, sample): id, sample, completion, pred, format_ok, correct, reward, reason, scorable, gold + task group columns."
+    "One line per (row, sample): id, sample, completion, pred, format_ok, correct, reward, reason, scorable, gold (+ prob) + the task's columns."
     if len(rows) != len(completions):
         raise ValueError(f"score_rows: {len(rows)} rows but {len(completions)} completion lists")
-    keep = [c for c in ("category", "calculator_id", "calculator_name", "group_id") if c in (rows.column_names if hasattr(rows, "column_names") else rows[0])]
+    have = rows.column_names if hasattr(rows, "column_names") else (list(rows[0]) if len(rows) else [])
+    keep = [c for c in kept_columns(task) if c in have]
+    with_prob = task.answer_kind == "probability"
     recs, unscorable = [], []
     for r, comps in zip(rows, completions):
         if isinstance(comps, (str, dict)):
             raise TypeError(f"score_rows: row {r['id']!r}: expected a list of completions, got one {type(comps).__name__}")
-        gold = _gold_text(r["ground_truth"])
         for j, c in enumerate(comps):
             s = task.safe_score(c, r["ground_truth"])
+            gold = _gold_text(r["ground_truth"]) if s.get("gold") is None else clean_text(str(s["gold"]))
             recs.append({"id": r["id"], "sample": j, "completion": clean_text(c),
                          "pred": None if s["pred"] is None else clean_text(str(s["pred"])),
+                         **({"prob": np.nan if s.get("prob") is None else float(s["prob"])} if with_prob else {}),
                          "format_ok": s["format_ok"], "correct": s["correct"],
                          "reward": np.nan if s["reward"] is None else float(s["reward"]), "reason": s["reason"],
                          "scorable": s["scorable"], "gold": gold, **{k: r[k] for k in keep}})
             if j == 0 and not s["scorable"]: unscorable.append(r["id"])
     if unscorable:
         warnings.warn(f"score_rows: {len(unscorable)} of {len(rows)} row(s) have an unusable gold label and are left out "
-                      f"of accuracy: {unscorable[:5]}")
+                      f"of the metrics: {unscorable[:5]}")
     return pd.DataFrame(recs)
 
 # %% ../nbs/07_evaluate.ipynb #a8abacaa
@@ -93,25 +102,52 @@ def _metric_row(name, values, n_boot, seed, fn=accuracy):
     return {"metric": name, "value": v, "ci_low": lo, "ci_high": hi, "n": int(len(values))}
 
 
+def _kind_rows(task: Task, first: pd.DataFrame, n_boot: int, seed: int, prefix: str = "") -> list[dict]:
+    "Metric rows of a label / probability task on scorable first samples, CIs from one bootstrap over rows."
+    rows = row_arrays(first.assign(scorable=True), task.answer_kind)
+    k = len(task.labels)
+    full = lambda idx=None: _all_metrics(task, rows, idx)
+    point, n = full(), len(first)
+    draws = {m: [] for m in point}
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot if n else 0):
+        for m, v in full(rng.integers(0, n, n)).items():
+            if np.isfinite(v): draws[m].append(v)
+    ci = lambda m: tuple(float(q) for q in np.quantile(draws[m], [0.025, 0.975])) if draws[m] else (float("nan"),) * 2
+    return [{"metric": prefix + m, "value": v, "ci_low": ci(m)[0], "ci_high": ci(m)[1], "n": n} for m, v in point.items()]
+
+
+def _all_metrics(task: Task, rows: dict, idx=None) -> dict[str, float]:
+    "The kind's metrics, plus per-class precision / recall / F1 for a label task."
+    return compute_metrics(task.answer_kind, rows, len(task.labels), idx, labels=task.labels)
+
+
 def summarize(task: Task,  # the task
               scored: pd.DataFrame,  # from `score_rows`
               ks: Sequence[int] = (),  # pass@k budgets (need that many samples per question)
               n_boot: int = 1000,  # bootstrap resamples
               seed: int = 0,  # bootstrap seed
              ) -> list[dict]:
-    "Metric rows `{metric, value, ci_low, ci_high, n}` over questions (samples averaged within a question), scorable ones for accuracy."
+    "Metric rows `{metric, value, ci_low, ci_high, n}` over questions (samples averaged within a question), scorable ones for the metrics."
     scored = scored.assign(_ok=scorable_mask(scored).to_numpy())
     per_q = scored.groupby("id").agg(correct=("correct", "mean"), format_ok=("format_ok", "mean"),
                                      c=("correct", "sum"), n=("correct", "size"), ok=("_ok", "all"),
-                                     **{g: (g, "first") for g in task.metric_groups if g in scored.columns})
+                                     **{g: (g, "first") for g in task.group_columns if g in scored.columns})
     first = scored[scored["sample"] == 0].set_index("id").loc[per_q.index]
     ok = per_q["ok"].to_numpy()
-    rows = [_metric_row(task.main_metric, first["correct"][ok], n_boot, seed),
-            _metric_row("format_valid_rate", first["format_ok"], n_boot, seed)]
-    for g in task.metric_groups:
+    if task.answer_kind == "exact":
+        rows = [_metric_row(task.main_metric, first["correct"][ok], n_boot, seed)]
+    else:
+        rows = _kind_rows(task, first[ok], n_boot, seed)
+    rows.append(_metric_row("format_valid_rate", first["format_ok"], n_boot, seed))
+    for g in task.group_columns:
         if g in first.columns:
             for val, sub in first[ok].groupby(g):
-                rows.append(_metric_row(f"{task.main_metric}/{val}", sub["correct"], n_boot, seed))
+                if task.answer_kind == "exact":
+                    rows.append(_metric_row(f"{task.main_metric}/{val}", sub["correct"], n_boot, seed))
+                else:
+                    main = [r for r in _kind_rows(task, sub, n_boot, seed) if r["metric"] == task.main_metric]
+                    rows += [r | {"metric": f"{task.main_metric}/{val}"} for r in main]
     q = per_q[ok]
     if per_q["n"].max() > 1:
         rows.append(_metric_row("pass@1", q["correct"], n_boot, seed))
@@ -122,7 +158,17 @@ def summarize(task: Task,  # the task
     rows.append({"metric": "n_unscorable_gold", "value": n_bad, "ci_low": n_bad, "ci_high": n_bad, "n": int(len(per_q))})
     return rows
 
+# %% ../nbs/07_evaluate.ipynb #75e2e538
+def confusion_table(task: Task,  # a label task
+                    scored: pd.DataFrame,  # from `score_rows`
+                   ) -> pd.DataFrame:
+    "Gold (rows) × prediction (columns, + `no answer`) counts over the scorable first samples."
+    first = scored[(scored["sample"] == 0) & scorable_mask(scored)] if "sample" in scored else scored[scorable_mask(scored)]
+    r = row_arrays(first.assign(scorable=True), "label")
+    cm = confusion(r["gold"].astype(int), r["pred"], len(task.labels))
+    return pd.DataFrame(cm, index=pd.Index(task.labels, name="gold"), columns=[*task.labels, "no answer"])
 
+# %% ../nbs/07_evaluate.ipynb #e5059029
 def write_eval(out_dir: str | Path,  # e.g. runs/<id>/eval/<regime>
                task: Task, regime: str, scored: pd.DataFrame, metric_rows: list[dict], extra: dict | None = None) -> Path:
     "Save `predictions.parquet` and `metrics.json` (the schema `60_report` gathers), atomically; text is made clean_text, never dropped."
@@ -136,6 +182,9 @@ def write_eval(out_dir: str | Path,  # e.g. runs/<id>/eval/<regime>
         scored.to_parquet(tmp, index=False)
     n_bad = int((~scorable_mask(scored)).groupby(scored["id"]).any().sum()) if "id" in scored else 0
     with atomic_path(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(clean_text({"task": task.name, "regime": regime, "rows": metric_rows,
-                                              "n_unscorable_gold": n_bad, **(extra or {})}), indent=1, default=float))
+        info = {"task": task.name, "answer_kind": task.answer_kind, "main_metric": task.main_metric, "regime": regime}
+        if task.answer_kind == "label":
+            info |= {"labels": list(task.labels), "confusion": confusion_table(task, scored).to_dict(orient="index")}
+        tmp.write_text(json.dumps(clean_text({**info, "rows": metric_rows, "n_unscorable_gold": n_bad, **(extra or {})}),
+                                  indent=1, default=float))
     return out / "metrics.json"

@@ -27,8 +27,8 @@ from .core import (ConfigError, atomic_path, check_run_id, load_config, new_run_
 # %% auto #0
 __all__ = ['RUNNER_PARAMS', 'LOG_PATTERNS', 'CROSS_SEED_STAGE', 'StageError', 'pipeline_dir', 'stage_parameters',
            'check_param_type', 'resolve_stages', 'code_digest', 'snapshot', 'output_hashes', 'stage_identity',
-           'why_rerun', 'read_record', 'write_record', 'discard_outputs', 'config_diff', 'orphan_kernels', 'run_stages',
-           'run_pipeline', 'run_seeds']
+           'param_changes', 'why_rerun', 'read_record', 'write_record', 'discard_outputs', 'config_diff',
+           'orphan_kernels', 'run_stages', 'run_pipeline', 'run_seeds']
 
 # %% ../nbs/10_pipeline.ipynb #3616646d
 class StageError(RuntimeError):
@@ -103,6 +103,12 @@ def resolve_stages(cfg: dict,  # from `load_config`
         for k, v in params.items():
             if k not in RUNNER_PARAMS:
                 check_param_type(k, v, declared[k], f"{src}: stage {st['name']!r}")
+        if "task_params" in params and params.get("task"):  # the task checks its own parameters before anything runs
+            from .tasks import get_task
+            try:
+                get_task(params["task"], **params["task_params"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise ConfigError(f"{src}: stage {st['name']!r}: {e.args[0] if e.args else e}") from None
         out.append({**st, "path": nb, "params": params, "declared": sorted(declared)})
     unknown = set(cfg["params"]) - declared_any
     if unknown:
@@ -172,8 +178,12 @@ def output_hashes(rdir: Path, before: dict, after: dict) -> dict[str, str | None
 def _data_inputs(params: dict, root: Path) -> list[Path]:
     "Existing files/folders that string parameters point to (hashed into the manifest and the stage identity)."
     out = []
-    for k, v in params.items():
-        if k in ("run_dir", "stage_identity") or not isinstance(v, str) or not v or len(v) > 4096:
+    def strings(v):  # the strings of a parameter, inside lists and mappings (a task's `task_params`) too
+        if isinstance(v, str): yield v
+        elif isinstance(v, list): yield from (s for x in v for s in strings(x))
+        elif isinstance(v, dict): yield from (s for x in v.values() for s in strings(x))
+    for k, v in ((k, s) for k, x in params.items() if k not in ("run_dir", "stage_identity") for s in strings(x)):
+        if not v or len(v) > 4096:
             continue
         p = Path(v) if Path(v).is_absolute() else root / v
         if ("/" in v or "." in Path(v).name) and p.exists() and not str(p.resolve()).startswith(str((root / "runs").resolve())):
@@ -202,6 +212,18 @@ def stage_identity(stage: dict,  # from `resolve_stages`
     return {"identity": _digest(parts)[:24], **parts}
 
 
+def param_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    "Lines `name: old -> new` for the parameters that differ; mappings (a task's `task_params`) key by key."
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += param_changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
 def why_rerun(old: dict | None,  # the stage's record, None if it never started
               new: dict,  # its identity now, from `stage_identity`
              ) -> str:
@@ -211,8 +233,7 @@ def why_rerun(old: dict | None,  # the stage's record, None if it never started
     if old.get("identity") == new["identity"]:
         return {"running": "interrupted earlier", "failed": "failed earlier",
                 "stale": f"its outputs were discarded when {old.get('stale_because')} reran"}.get(old.get("status"), "")
-    op, nw = old.get("params", {}), new["params"]
-    out = [f"{k}: {op.get(k)!r} -> {nw.get(k)!r}" for k in sorted(set(op) | set(nw)) if op.get(k) != nw.get(k)]
+    out = param_changes(old.get("params", {}), new["params"])
     if old.get("code") != new["code"]:
         out.append("code changed (stage notebook or library)")
     if old.get("inputs") != new["inputs"]:
@@ -280,8 +301,7 @@ def config_diff(old: list[dict],  # resolved stages of the earlier invocation (`
     out = [f"stage {s}: removed" for s in o if s not in n] + [f"stage {s}: added" for s in n if s not in o]
     for s in n:
         if s in o:
-            out += [f"{s}.{k}: {o[s].get(k)!r} -> {n[s].get(k)!r}" for k in sorted(set(o[s]) | set(n[s]))
-                    if o[s].get(k) != n[s].get(k)]
+            out += [f"{s}.{line}" for line in param_changes(o[s], n[s])]
     if not out and [s["name"] for s in old] != [s["name"] for s in new]:
         out.append(f"stage order: {[s['name'] for s in old]} -> {[s['name'] for s in new]}")
     return out

@@ -13,12 +13,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .metrics import bootstrap_ci
+from .metrics import KIND_METRICS, bootstrap_ci, metric_fn, row_arrays
 
 # %% auto #0
-__all__ = ['RESULT_COLUMNS', 'REGIME_ORDER', 'COMPARISONS', 'COMPARISON_COLUMNS', 'COLORS', 'SEED_METRICS', 'SEED_RESULT_COLUMNS',
-           'SEED_COMPARISON_COLUMNS', 'gather_results', 'sft_knowledge_table', 'paired_comparisons', 'plot_regimes',
-           'rl_history', 'plot_rl_curves', 'seed_predictions', 'cross_seed_report', 'plot_seed_results']
+__all__ = ['RESULT_COLUMNS', 'REGIME_ORDER', 'COMPARISONS', 'COMPARISON_COLUMNS', 'COLORS', 'SEED_RESULT_COLUMNS',
+           'SEED_COMPARISON_COLUMNS', 'gather_results', 'sft_knowledge_table', 'eval_info', 'paired_comparisons',
+           'plot_regimes', 'rl_history', 'plot_rl_curves', 'seed_predictions', 'cross_seed_report', 'plot_seed_results']
 
 # %% ../nbs/09_report.ipynb #b14470b8
 RESULT_COLUMNS = ["task", "regime", "metric", "value", "ci_low", "ci_high", "n"]
@@ -47,9 +47,10 @@ def gather_results(run_dir: str | Path,  # the run directory
 # %% ../nbs/09_report.ipynb #e6d0b845
 def sft_knowledge_table(run_dir: str | Path,  # the run directory
                         metric: str = "accuracy",  # main metric, read from `eval/<model>/metrics.json`
-                        by: str = "calculator_id",  # predictions column to break accuracy down by
+                        by: str = "unit",  # column of the selection CSV naming what was taught
+                        pred_by: str | None = None,  # predictions column to break accuracy down by (the task's knowledge unit)
                        ) -> pd.DataFrame:
-    "One row per SFT model of a run: knowledge choice, calculators and rows taught, held-out metric, accuracy per `by`."
+    "One row per SFT model of a run: knowledge choice, units and rows taught, held-out metric, accuracy per `pred_by`."
     run, recs = Path(run_dir), []
     for sel_path in sorted(run.glob("sft_data/*_selection.csv"), key=lambda p: p.name.removesuffix("_selection.csv")):
         name = sel_path.name.removesuffix("_selection.csv")
@@ -64,56 +65,65 @@ def sft_knowledge_table(run_dir: str | Path,  # the run directory
                 rec |= {metric: m[metric]["value"], "ci_low": m[metric]["ci_low"], "ci_high": m[metric]["ci_high"]}
         if (ev / "predictions.parquet").exists():
             pred = pd.read_parquet(ev / "predictions.parquet")
-            if by in pred:
-                rec |= {f"acc/{k}": v for k, v in pred.groupby(by)["correct"].mean().items()}
+            if pred_by and pred_by in pred:
+                rec |= {f"acc/{k}": v for k, v in pred.groupby(pred_by)["correct"].mean().items()}
         recs.append(rec)
     return pd.DataFrame(recs)
 
 # %% ../nbs/09_report.ipynb #43c0468c
 COMPARISONS = [("sft", "base"), ("sft_rlvr", "sft"), ("rlvr", "base"), ("sft_rlvr", "base")]
-COMPARISON_COLUMNS = ["task", "comparison", "regime", "baseline", "diff", "ci_low", "ci_high", "n"]
+COMPARISON_COLUMNS = ["task", "comparison", "regime", "baseline", "metric", "diff", "ci_low", "ci_high", "n"]
+
+
+def eval_info(metrics_json: str | Path,  # an `eval/<regime>/metrics.json`
+             ) -> dict:
+    "`{task, answer_kind, main_metric, n_labels}` of an evaluation (runs written before answer kinds: exact, accuracy)."
+    m = json.loads(Path(metrics_json).read_text()) if Path(metrics_json).exists() else {}
+    return {"task": m.get("task"), "answer_kind": m.get("answer_kind", "exact"), "main_metric": m.get("main_metric", "accuracy"),
+            "n_labels": len(m.get("labels", []))}
 
 
 def paired_comparisons(run_dir: str | Path,  # the run directory
                        pairs: list[tuple[str, str]] = COMPARISONS,  # (regime, baseline) pairs; missing regimes are skipped
-                       column: str = "correct",  # 0/1 column of `predictions.parquet` to compare
+                       metric: str | None = None,  # the metric compared; None: the task's main metric
                        n_boot: int = 1000,  # bootstrap resamples
                        seed: int = 0,  # resampling seed
                       ) -> pd.DataFrame:
-    "Difference `regime - baseline` in mean `column` on the (scorable) rows both were evaluated on, with a paired bootstrap 95 % CI."
+    "Difference `regime - baseline` in `metric` on the (scorable) rows both were evaluated on, with a paired bootstrap 95 % CI."
     run, recs, preds = Path(run_dir), [], {}
 
     def load(regime):  # each regime's predictions, read and checked once
         if regime not in preds:
             path = run / "eval" / regime / "predictions.parquet"
             df = pd.read_parquet(path)
-            missing = {"id", column} - set(df.columns)
+            missing = {"id", "correct"} - set(df.columns)
             if missing:
                 raise ValueError(f"{path}: no column(s) {sorted(missing)}")
+            df = df[df["sample"] == 0] if "sample" in df else df
             if df["id"].duplicated().any():
                 raise ValueError(f"{path}: row ids repeat ({df['id'][df['id'].duplicated()].iloc[0]!r}); "
                                  "paired comparisons need one greedy prediction per row")
             preds[regime] = df
         return preds[regime]
 
-    task = None
     for regime, baseline in pairs:
         if not all((run / "eval" / r / "predictions.parquet").exists() for r in (regime, baseline)):
             continue
         a, b = load(regime), load(baseline)
-        m = a[["id", column]].merge(b[["id", column]], on="id", suffixes=("_a", "_b"))
+        info = eval_info(run / "eval" / regime / "metrics.json")
+        name = metric or info["main_metric"]
+        fn = metric_fn(info["answer_kind"], name, info["n_labels"])
+        m = a[["id"]].merge(b[["id"]], on="id")
         if len(m) < max(len(a), len(b)):
             raise ValueError(f"{regime} and {baseline} were evaluated on different rows "
                              f"({len(a)} and {len(b)} rows, {len(m)} shared): rerun 50_evaluate on one split")
         if "scorable" in a:  # rows whose gold label is unusable count for neither regime
             m = m[m["id"].isin(a.loc[a["scorable"].astype(bool), "id"])]
-        if task is None:
-            mj = run / "eval" / regime / "metrics.json"
-            task = json.loads(mj.read_text()).get("task") if mj.exists() else None
-        diff, lo, hi = bootstrap_ci(lambda x, y: x.mean() - y.mean(), m[f"{column}_a"].astype(float).to_numpy(),
-                                    m[f"{column}_b"].astype(float).to_numpy(), n_boot=n_boot, seed=seed)
-        recs.append({"task": task, "comparison": f"{regime} - {baseline}", "regime": regime, "baseline": baseline,
-                     "diff": diff, "ci_low": lo, "ci_high": hi, "n": len(m)})
+        ra, rb = (row_arrays(x.set_index("id").loc[m["id"]].reset_index().assign(scorable=True), info["answer_kind"])
+                  for x in (a, b))
+        diff, lo, hi = bootstrap_ci(lambda i: fn(ra, i) - fn(rb, i), np.arange(len(m)), n_boot=n_boot, seed=seed)
+        recs.append({"task": info["task"], "comparison": f"{regime} - {baseline}", "regime": regime, "baseline": baseline,
+                     "metric": name, "diff": diff, "ci_low": lo, "ci_high": hi, "n": len(m)})
     return pd.DataFrame(recs, columns=COMPARISON_COLUMNS)
 
 # %% ../nbs/09_report.ipynb #c87781e2
@@ -173,17 +183,15 @@ def plot_rl_curves(histories: dict[str, pd.DataFrame],  # name -> `rl_history` f
     return fig
 
 # %% ../nbs/09_report.ipynb #1ec7ac64
-SEED_METRICS = {"accuracy": "correct", "format_valid_rate": "format_ok"}  # metric -> 0/1 column of predictions.parquet
 SEED_RESULT_COLUMNS = ["task", "regime", "metric", "value", "ci_low", "ci_high", "n", "n_seeds"]
 SEED_COMPARISON_COLUMNS = ["task", "comparison", "diff", "ci_low", "ci_high", "seeds_positive", "n_seeds"]
 
 
 def seed_predictions(run_dir: str | Path,  # a multi-seed run: `seed-<s>/eval/<regime>/predictions.parquet`
                      seeds: list[int],  # the seeds to gather
-                     metrics: dict[str, str] = SEED_METRICS,  # metric name -> 0/1 column
-                    ) -> tuple[str | None, dict[int, dict[str, dict[str, np.ndarray]]]]:
-    "`(task, {seed: {regime: {metric: values per row}}})`, rows aligned across a seed's regimes (NaN: not scorable)."
-    run, task, out = Path(run_dir), None, {}
+                    ) -> tuple[dict, dict[int, dict[str, dict[str, np.ndarray]]]]:
+    "`(info, {seed: {regime: per-row arrays}})`: `eval_info` of the task, rows aligned across a seed's regimes (`row_arrays`)."
+    run, info, out = Path(run_dir), None, {}
     for s in seeds:
         evals = sorted((run / f"seed-{s}" / "eval").glob("*/predictions.parquet"))
         if not evals:
@@ -195,28 +203,21 @@ def seed_predictions(run_dir: str | Path,  # a multi-seed run: `seed-<s>/eval/<r
             if df["id"].duplicated().any():
                 raise ValueError(f"{p}: row ids repeat; the cross-seed report needs one greedy prediction per row")
             frames[p.parent.name] = df.set_index("id")
-            mj = p.parent / "metrics.json"
-            task = task or (json.loads(mj.read_text()).get("task") if mj.exists() else None)
+            info = info or eval_info(p.parent / "metrics.json")
         ids = sorted(set.intersection(*(set(f.index) for f in frames.values())))
         if any(len(f) != len(ids) for f in frames.values()):
             raise ValueError(f"seed {s}: the regimes were evaluated on different rows "
                              f"({ {r: len(f) for r, f in frames.items()} }); rerun its 50_evaluate on one split")
-        out[s] = {}
-        for r, f in frames.items():
-            f = f.loc[ids]
-            unscorable = ~f["scorable"].astype(bool).to_numpy() if "scorable" in f else np.zeros(len(f), bool)
-            out[s][r] = {m: np.where(unscorable & (col == "correct"), np.nan, f[col].astype(float).to_numpy())
-                         for m, col in metrics.items() if col in f}
-    return task, out
+        out[s] = {r: row_arrays(f.loc[ids].reset_index(), info["answer_kind"]) for r, f in frames.items()}
+    return info, out
+
 
 # %% ../nbs/09_report.ipynb #734f7de3
-def _nanmean(v: np.ndarray) -> float:
-    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-
-
 def cross_seed_report(per_seed: dict[int, dict[str, dict[str, np.ndarray]]],  # from `seed_predictions`
                       task: str | None = None,  # task name for the tables
                       main_metric: str = "accuracy",  # the metric the comparisons are made on
+                      answer_kind: str = "exact",  # decides the metrics (`ehr_rlvr.metrics.KIND_METRICS`)
+                      n_labels: int = 0,  # label kind: number of classes
                       pairs: list[tuple[str, str]] = COMPARISONS,  # (regime, baseline); missing regimes are skipped
                       n_boot: int = 1000,  # bootstrap resamples
                       seed: int = 0,  # resampling seed
@@ -228,19 +229,20 @@ def cross_seed_report(per_seed: dict[int, dict[str, dict[str, np.ndarray]]],  # 
     regimes = [r for r in REGIME_ORDER if r in common] + sorted(common - set(REGIME_ORDER))
     if not regimes:
         raise ValueError(f"no regime was evaluated in every seed {seeds}")
-    metrics = list(per_seed[seeds[0]][regimes[0]])
+    metrics = [*KIND_METRICS[answer_kind], "format_valid_rate"]
     if main_metric not in metrics:
         raise ValueError(f"main_metric {main_metric!r} is not among the metrics {metrics}")
+    fns = {m: metric_fn(answer_kind, m, n_labels) for m in metrics}
     pairs = [(a, b) for a, b in pairs if a in regimes and b in regimes]
-    n_rows = {s: len(per_seed[s][regimes[0]][main_metric]) for s in seeds}
-    point = {(s, r, m): _nanmean(per_seed[s][r][m]) for s in seeds for r in regimes for m in metrics}
+    n_rows = {s: len(per_seed[s][regimes[0]]["correct"]) for s in seeds}
+    point = {(s, r, m): fns[m](per_seed[s][r], None) for s in seeds for r in regimes for m in metrics}
     rng = np.random.default_rng(seed)
     boot_v = {(r, m): [] for r in regimes for m in metrics}
     boot_d, seed_d = {p: [] for p in pairs}, {(p, s): [] for p in pairs for s in seeds}
     for _ in range(n_boot):
         drawn = [seeds[j] for j in rng.integers(0, len(seeds), len(seeds))]  # level 1: seeds
         idx = {s: rng.integers(0, n_rows[s], n_rows[s]) for s in seeds}  # level 2: rows, shared by the regimes
-        v = {(s, r, m): _nanmean(per_seed[s][r][m][idx[s]]) for s in seeds for r in regimes for m in metrics}
+        v = {(s, r, m): fns[m](per_seed[s][r], idx[s]) for s in seeds for r in regimes for m in metrics}
         for r in regimes:
             for m in metrics:
                 boot_v[r, m].append(np.mean([v[s, r, m] for s in drawn]))

@@ -4,13 +4,16 @@
 
 # %% ../nbs/02_tasks.ipynb #a907c895
 from __future__ import annotations
-import importlib
+import importlib, json
+from pathlib import Path
 from typing import Any, Callable
+import numpy as np
 import pandas as pd
 from .io import is_encodable
 
 # %% auto #0
-__all__ = ['ROW_COLUMNS', 'TASKS', 'check_rows', 'Task', 'scorable_mask', 'register_task', 'get_task']
+__all__ = ['ROW_COLUMNS', 'SPLITS', 'ANSWER_KINDS', 'TASKS', 'check_rows', 'split_by_group', 'save_split_ids', 'load_split_ids',
+           'Task', 'scorable_mask', 'register_task', 'all_tasks', 'get_task']
 
 # %% ../nbs/02_tasks.ipynb #0148d5a1
 ROW_COLUMNS = ("prompt", "ground_truth", "task", "id", "group_id", "split")
@@ -37,39 +40,126 @@ def check_rows(rows, # a `datasets.Dataset` or a list of row dicts
         if r["id"] in seen: raise ValueError(f"row {i}: duplicate id {r['id']!r}")
         seen.add(r["id"])
 
+# %% ../nbs/02_tasks.ipynb #88a06922
+SPLITS = ("train", "val", "test")
+
+def split_by_group(ds:"datasets.Dataset", # rows with a `group_id` column
+                  val_frac:float=0.1, # fraction of groups for validation
+                  test_frac:float=0.1, # fraction of groups for test
+                  seed:int=0, # seed of the group shuffle
+                 ) -> "datasets.DatasetDict":
+    "Seeded split by `group_id` into train/val/test; no group lands in two splits."
+    import datasets
+    if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
+        raise ValueError(f"need 0 <= val_frac, test_frac and val_frac + test_frac < 1; got {val_frac}, {test_frac}")
+    groups = sorted(set(ds["group_id"]))
+    order = [groups[i] for i in np.random.default_rng(seed).permutation(len(groups))]
+    n = len(order)
+    def count(f): return 0 if f == 0 else min(max(1, round(f * n)), max(n - 1, 0))
+    n_test = count(test_frac); n_val = min(count(val_frac), max(n - n_test - 1, 0))
+    assign = {g: "test" for g in order[:n_test]} | {g: "val" for g in order[n_test:n_test + n_val]} \
+             | {g: "train" for g in order[n_test + n_val:]}
+    labels = [assign[g] for g in ds["group_id"]]
+    out = {}
+    for s in SPLITS:
+        idx = [i for i, l in enumerate(labels) if l == s]
+        sub = ds.select(idx)
+        out[s] = sub.remove_columns("split").add_column("split", [s] * len(sub)) if "split" in sub.column_names else sub.add_column("split", [s] * len(sub))
+    seen = {s: set(out[s]["group_id"]) for s in SPLITS}
+    for a in SPLITS:
+        for b in SPLITS:
+            assert a >= b or not (seen[a] & seen[b]), f"groups in both {a} and {b}: {sorted(seen[a] & seen[b])[:5]}"
+    return datasets.DatasetDict(out)
+
+def save_split_ids(dd:"datasets.DatasetDict", # splits with `id` columns
+                   path:str|Path, # JSON file to write
+                  ) -> Path:
+    "Write `{split: [row ids]}` as JSON; returns the path."
+    from ehr_rlvr.core import write_json
+    return write_json(path, {s: list(dd[s]["id"]) for s in dd})
+
+def load_split_ids(path:str|Path) -> dict[str, list[str]]:
+    "Read `{split: [row ids]}` written by `save_split_ids`."
+    return json.loads(Path(path).read_text())
+
 # %% ../nbs/02_tasks.ipynb #15605d82
+ANSWER_KINDS = ("exact", "label", "probability")
+
+def _param_type(default):
+    "The type a task parameter must have, from its default (None: any)."
+    return None if default is None else type(default)
+
+def _fits(v, want) -> bool:
+    if want is bool: return isinstance(v, bool)
+    if want is int: return isinstance(v, int) and not isinstance(v, bool)
+    if want is float: return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, want)
+
 class Task:
     "Base class of a task: data, prompts, verifier, metrics. Subclasses set `name` and implement the methods."
-    name: str = ""                        # registry key, e.g. "medcalc"
-    main_metric: str = "accuracy"         # the one number the report ranks by
-    metric_groups: tuple[str, ...] = ()   # row columns with per-value accuracy, e.g. ("category",)
-    row_key: str = "id"                   # column that identifies a row in an external completions file
+    name: str = ""                          # registry key
+    answer_kind: str = "exact"              # exact | label | probability: decides the metrics
+    labels: tuple[str, ...] = ()            # label kind: class names, index = label
+    main_metric: str = "accuracy"           # the one number the report compares regimes by
+    group_columns: tuple[str, ...] = ()     # row columns results are broken down by (kept in predictions)
+    knowledge_unit: str|None = None         # row column the pilot measures knowledge per; None: no pilot
+    knowledge_unit_name: str|None = None    # row column with a unit's display name
+    knowledge_group: str|None = None        # row column grouping the knowledge units (figures, SFT caps)
+    pilot_rule_groups: tuple[str, ...] = () # knowledge groups with small answer spaces: the pilot gates their pass@k hits
+    row_key: str = "id"                     # column that identifies a row in an external completions file
+    default_rewards: tuple[str, ...] = ("answer", "format", "correct")  # the first trains, the rest are logged
+    PARAMS: dict[str, Any] = {}             # the task's own parameters and their defaults
 
-    def __init__(self, **defaults): self.defaults = defaults  # default params for build_splits / reward_funcs
+    def __init__(self, **params):
+        unknown = sorted(set(params) - set(self.PARAMS))
+        if unknown:
+            raise TypeError(f"unknown {self.name} parameter(s) {unknown}; known: {sorted(self.PARAMS)}")
+        for k, v in params.items():
+            want = _param_type(self.PARAMS[k])
+            if want is not None and not _fits(v, want):
+                raise TypeError(f"{self.name} parameter task_params.{k} must be {want.__name__}, got {v!r} "
+                                f"({type(v).__name__}); default {self.PARAMS[k]!r}")
+        self.params = {**self.PARAMS, **params}
     def __repr__(self): return f"{type(self).__name__}(name={self.name!r})"
 
-    def build_splits(self, **params) -> "datasets.DatasetDict":
-        "Rows for `train`, `val`, `test` in the common row schema."
+    def build_splits(self, out_dir=None, seed:int=0, style:str="compact", val_frac:float=0.1, test_frac:float=0.1,
+                     **params) -> "datasets.DatasetDict":
+        "Rows for `train`, `val`, `test` in the common row schema (`params` override the task's own)."
         raise NotImplementedError
     def load_rows(self, data, **params) -> "datasets.Dataset":
-        "Rows of one data file (all rows, no split), for scoring external completions."
+        "Rows of one data file or folder (all rows, no split), for scoring external completions."
         raise NotImplementedError
-    def reward_funcs(self, **params) -> list[Callable]:
-        "TRL reward functions; the first is the training reward, the others are logged with weight 0."
+    def pretrain_rows(self, seed:int, style:str) -> "datasets.Dataset":
+        "Rows whose gold completions teach a from-scratch base model (the embedded default's 15_pretrain)."
+        raise NotImplementedError(f"task {self.name!r} has no pretraining corpus: use a pretrained model (model_id)")
+    def parse(self, completion) -> "Parsed":
+        "The format check of one completion: `Parsed(format_ok, value, reason)`."
         raise NotImplementedError
-    def reward_weights(self, **params) -> list[float]:
-        "TRL `reward_weights` matching `reward_funcs`: 1 for the first, 0 for the logged-only ones."
-        n = len(self.reward_funcs(**params))
-        return [1.0] + [0.0] * (n - 1)
     def score(self, completion, ground_truth:dict) -> dict:
-        "`{'format_ok', 'correct', 'reward', 'pred'}` for one completion (str or chat-message list)."
+        "Verdict `{'format_ok', 'pred', 'gold', 'correct', 'reward', 'reason'}` (+ `prob`) of one completion."
         raise NotImplementedError
     def sft_completion(self, row:dict) -> str|None:
         "Gold completion text for supervised fine-tuning, or None when the row has none."
         raise NotImplementedError
+    def plain_completion(self, completion:str) -> str:
+        "A well-formed completion as the free text of a model that ignores the answer format."
+        from ehr_rlvr.rewards import plain_answer
+        return plain_answer(completion)
     def gold_usable(self, ground_truth:dict) -> bool:
-        "False when the row's gold label cannot score any answer (left out of accuracy and counted)."
+        "False when the row's gold label cannot score any answer (left out of the metrics and counted)."
         return True
+
+    def reward_funcs(self, names=None, # reward names from `ehr_rlvr.rewards.REWARDS`; None: `default_rewards`
+                     **scheme, # parameters of the `answer` reward: correct, wrong, malformed
+                    ) -> list[Callable]:
+        "TRL reward functions built on this task's verifier."
+        from ehr_rlvr.rewards import get_reward
+        names = list(names or self.default_rewards)
+        return [get_reward(n, self, **(scheme if n == "answer" else {})) for n in names]
+    def reward_weights(self, names=None) -> list[float]:
+        "TRL `reward_weights` matching `reward_funcs(names)`: 1 for the first, 0 for the logged-only ones."
+        n = len(list(names or self.default_rewards))
+        return [1.0] + [0.0] * (n - 1)
 
     def safe_score(self, completion, # str or chat-message list, as the model produced it
                    ground_truth:dict, # the row's ground_truth
@@ -78,9 +168,9 @@ class Task:
         try: scorable = bool(self.gold_usable(ground_truth))
         except Exception: scorable = False
         if not is_encodable(completion):  # a lone surrogate: scored as no text at all, stored with U+FFFD
-            try: reward = self.score("", ground_truth).get("reward")
-            except Exception: reward = None
-            s = {"format_ok": False, "correct": False, "reward": reward, "pred": None, "reason": "unencodable_text"}
+            try: s = dict(self.score("", ground_truth))
+            except Exception: s = {"reward": None}
+            s |= {"format_ok": False, "correct": False, "pred": None, "prob": None, "reason": "unencodable_text"}
         else:
             try: s = dict(self.score(completion, ground_truth))
             except Exception as e:
@@ -89,26 +179,31 @@ class Task:
         reason = str(s.get("reason") or "")
         scorable = scorable and reason != "gold_unusable"
         out = {"format_ok": bool(s.get("format_ok")), "correct": bool(s.get("correct")) and scorable,
-               "reward": s.get("reward") if scorable else None, "pred": s.get("pred"),
+               "reward": s.get("reward") if scorable else None, "pred": s.get("pred"), "gold": s.get("gold"),
                "reason": "gold_unusable" if not scorable and s.get("format_ok") else reason, "scorable": scorable}
+        if self.answer_kind == "probability": out["prob"] = s.get("prob")
         if out["reward"] is not None:
             try: out["reward"] = float(out["reward"])
             except (TypeError, ValueError): out["reward"] = None
         return out
 
     def metrics(self, scored:pd.DataFrame) -> dict[str, float]:
-        "Stable-named metrics from a frame with columns `correct`, `format_ok` (+ `scorable`, `metric_groups` columns)."
-        for c in ("correct", "format_ok"):
+        "Every metric of the answer kind (+ `format_valid_rate`, `n`, `n_unscorable_gold`, per-group main metric)."
+        from ehr_rlvr.metrics import compute_metrics, row_arrays
+        need = ("correct", "format_ok") + (("gold", "pred") if self.answer_kind == "label" else ()) \
+               + (("gold", "prob") if self.answer_kind == "probability" else ())
+        for c in need:
             if c not in scored.columns: raise ValueError(f"scored frame lacks column {c!r}; has {list(scored.columns)}")
-        n = len(scored)
         ok = scorable_mask(scored)
-        acc = lambda s: float(s.astype(bool).mean()) if len(s) else float("nan")
-        out = {"accuracy": acc(scored["correct"][ok]), "format_valid_rate": acc(scored["format_ok"]), "n": float(n),
-               "n_unscorable_gold": float((~ok).sum())}
-        for g in self.metric_groups:
+        rows = row_arrays(scored.assign(scorable=ok), self.answer_kind)
+        out = compute_metrics(self.answer_kind, rows, len(self.labels), labels=self.labels)
+        out |= {"format_valid_rate": float(scored["format_ok"].astype(bool).mean()) if len(scored) else float("nan"),
+                "n": float(len(scored)), "n_unscorable_gold": float((~ok).sum())}
+        for g in self.group_columns:
             if g not in scored.columns: continue
-            for v, sub in sorted(scored[ok].groupby(g, sort=True)["correct"], key=lambda kv: str(kv[0])):
-                out[f"accuracy/{v}"] = acc(sub)
+            for v, sub in sorted(scored[ok].groupby(g, sort=True), key=lambda kv: str(kv[0])):
+                r = row_arrays(sub.assign(scorable=True), self.answer_kind)
+                out[f"{self.main_metric}/{v}"] = compute_metrics(self.answer_kind, r, len(self.labels))[self.main_metric]
         return out
 
 
@@ -121,12 +216,13 @@ def scorable_mask(scored:pd.DataFrame, # a scored frame
 
 # %% ../nbs/02_tasks.ipynb #c9d0ce78
 TASKS: dict[str, type[Task]] = {}
-_BUILTIN_TASK_MODULES = {"medcalc": "ehr_rlvr.medcalc.data"}  # name -> module that registers it
 
 def register_task(cls:type[Task]) -> type[Task]:
     "Class decorator: add a `Task` subclass to `TASKS` under `cls.name`."
     if not (isinstance(cls, type) and issubclass(cls, Task)): raise TypeError(f"{cls!r} is not a Task subclass")
     if not cls.name: raise ValueError(f"{cls.__name__} must set a non-empty `name`")
+    if cls.answer_kind not in ANSWER_KINDS: raise ValueError(f"{cls.__name__}: answer_kind must be one of {ANSWER_KINDS}")
+    if cls.answer_kind == "label" and len(cls.labels) < 2: raise ValueError(f"{cls.__name__}: a label task needs >= 2 `labels`")
     prev = TASKS.get(cls.name)
     # the same class defined in a notebook (`__main__`) and then imported from the library is one task, not a clash
     same = prev is not None and prev.__qualname__ == cls.__qualname__ and "__main__" in (prev.__module__, cls.__module__)
@@ -135,12 +231,21 @@ def register_task(cls:type[Task]) -> type[Task]:
     TASKS[cls.name] = cls
     return cls
 
-def get_task(name:str, # registry key, e.g. "medcalc"
-             **kw, # default parameters stored on the task
+def _task_modules() -> list[str]:
+    "The `ehr_rlvr.<package>.task` modules of this installation."
+    root = Path(importlib.import_module("ehr_rlvr").__file__).resolve().parent
+    return sorted(f"ehr_rlvr.{p.parent.name}.task" for p in root.glob("*/task.py"))
+
+def all_tasks() -> dict[str, type[Task]]:
+    "Every task of this installation, by name (imports each task package's `task` module)."
+    for m in _task_modules(): importlib.import_module(m)
+    return dict(sorted(TASKS.items()))
+
+def get_task(name:str, # registry key
+             **params, # the task's own parameters (a run config's `task_params`)
             ) -> Task:
     "Instantiate the task registered as `name`; unknown names raise a `KeyError` listing the known ones."
-    if name not in TASKS and name in _BUILTIN_TASK_MODULES: importlib.import_module(_BUILTIN_TASK_MODULES[name])
+    if name not in TASKS: all_tasks()
     if name not in TASKS:
-        known = sorted(set(TASKS) | set(_BUILTIN_TASK_MODULES))
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(known)}")
-    return TASKS[name](**kw)
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[name](**params)

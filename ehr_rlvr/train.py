@@ -15,7 +15,6 @@ import torch
 from peft import LoraConfig
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
-from .rewards import get_reward
 from .tasks import Task
 
 # %% auto #0
@@ -169,16 +168,17 @@ def grpo_trainer(model, tokenizer,
                  rows,  # training rows
                  cfg: GRPOConfig,  # from `build_grpo_config`
                  peft_config: LoraConfig | None = None,  # LoRA instead of a full fine-tune
-                 extra_rewards: Sequence[str] = (),  # more reward functions by name (`ehr_rlvr.rewards.REWARDS`)
-                 **reward_params,  # the task's reward scheme
+                 reward_funcs: Sequence[str] = (),  # reward functions by name (`ehr_rlvr.rewards.REWARDS`); empty: the task's
+                 **scheme,  # parameters of the `answer` reward: correct, wrong, malformed
                 ) -> GRPOTrainer:
-    "A GRPOTrainer on the task's rewards (+ named extras); weights from the config, else the task's (extras 0)."
+    "A GRPOTrainer on the task's rewards chosen by name; weights from the config, else the task's (1 for the first, 0 for the rest)."
     if cfg.beta > 0 and peft_config is None and not model.config._name_or_path:
         raise ValueError("GRPO with beta > 0 builds its reference model from the policy's folder: load the model "
                          "with `load_model(path)` after `save_model`, or set beta=0")
-    funcs = task.reward_funcs(**reward_params) + [get_reward(n) for n in extra_rewards]
+    names = list(reward_funcs) or list(task.default_rewards)
+    funcs = task.reward_funcs(names, **scheme)
     if cfg.reward_weights is None:
-        cfg.reward_weights = task.reward_weights(**reward_params) + [0.0] * len(extra_rewards)
+        cfg.reward_weights = task.reward_weights(names)
     if len(cfg.reward_weights) != len(funcs):
         raise ValueError(f"reward_weights has {len(cfg.reward_weights)} values for {len(funcs)} reward functions "
                          f"{[f.__name__ for f in funcs]}")

@@ -27,7 +27,7 @@ def _evaluate(tmp_path, lines, **kw):
 
 
 def _gold_value(r):
-    from ehr_rlvr.rewards import gold_answer_value
+    from ehr_rlvr.medcalc.verify import gold_answer_value
     return gold_answer_value({"answer": r["Ground Truth Answer"], "lower": r["Lower Limit"], "upper": r["Upper Limit"],
                               "output_type": r["Output Type"], "calculator_id": str(r["Calculator ID"])})
 

@@ -48,7 +48,7 @@ def _dev_frame(n=None) -> pd.DataFrame:
 
 
 def _gold_value(r):
-    from ehr_rlvr.rewards import gold_answer_value
+    from ehr_rlvr.medcalc.verify import gold_answer_value
     return gold_answer_value({"answer": r["Ground Truth Answer"], "lower": r["Lower Limit"], "upper": r["Upper Limit"],
                               "output_type": r["Output Type"], "calculator_id": str(r["Calculator ID"])})
 
@@ -321,11 +321,11 @@ def test_real_tjh_still_loads():
 # |---|---|---|
 # | stale results | rerun a run id with `sft_learning_rate` changed | refused, naming `30_sft.sft_learning_rate: old -> new`; nothing touched |
 # | stale results | the same with `--rerun-changed --only 30_sft` | SFT reruns; every later stage's outputs are discarded and marked stale |
-# | stale results | rerun with `n_per_calculator` changed and `--rerun-changed` | every stage reruns; every evaluated id is in the new test split |
+# | stale results | rerun with `task_params.n_per_calculator` changed and `--rerun-changed` | every stage reruns; every evaluated id is in the new test split |
 # | foreign checkpoint | an RL checkpoint of another configuration in `rl/<name>/` | discarded, training starts from the stage's own init |
 # | --only on stale upstream | `--only 40_rlvr_sft --force` after an upstream change | refused, naming the stale earlier stage |
 # | killed forced rerun | SIGKILL during `--only 50_evaluate --force`, then a plain rerun | the stage reruns ("interrupted earlier"), same results |
-# | late types | `n_per_calculator: "ten"` | refused before anything runs, naming the parameter; no run folder left |
+# | late types | `task_params: {n_per_calculator: "ten"}` | refused before anything runs, naming the parameter; no run folder left |
 import os
 import signal
 import subprocess
@@ -336,9 +336,10 @@ import yaml
 from conftest import CLI, run_cli
 
 
-def _smoke_cfg(tmp_path, name="cfg.yaml", **changes):
+def _smoke_cfg(tmp_path, name="cfg.yaml", task_params=None, **changes):
     cfg = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
     cfg.update(changes)
+    cfg["task_params"].update(task_params or {})
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -376,15 +377,15 @@ def test_changed_upstream_parameter_is_refused_or_reruns_everything_after_it(smo
 
 def test_changed_data_size_reruns_every_stage_on_the_new_split(smoke_run, tmp_path):
     run = _copy_run(smoke_run, tmp_path, "r")
-    p = _pipe(_smoke_cfg(tmp_path, n_per_calculator=12), tmp_path, "r", "--rerun-changed")
+    p = _pipe(_smoke_cfg(tmp_path, task_params={"n_per_calculator": 12}), tmp_path, "r", "--rerun-changed")
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "10_data: running 10_data.ipynb (n_per_calculator: 10 -> 12)" in p.stdout
+    assert "10_data: running 10_data.ipynb (task_params.n_per_calculator: 10 -> 12)" in p.stdout
     assert "skipped" not in p.stdout
     test_ids = set(json.loads((run / "data" / "split_ids.json").read_text())["test"])
     for regime in ("base", "sft", "rlvr", "sft_rlvr"):
         assert set(pd.read_parquet(run / "eval" / regime / "predictions.parquet")["id"]) == test_ids, regime
     man = json.loads((run / "manifest.json").read_text())
-    assert man["invocation"]["config_changes"] == ["10_data.n_per_calculator: 10 -> 12"]
+    assert man["invocation"]["config_changes"] == [f"{s}.task_params.n_per_calculator: 10 -> 12" for s in ("10_data", "15_pretrain")]
     assert all(e["action"] == "ran" for e in man["stage_log"])
 
 
@@ -422,7 +423,7 @@ def test_a_killed_forced_rerun_never_looks_done(smoke_run, tmp_path):
 
 
 def test_parameter_types_are_checked_before_anything_runs(tmp_path):
-    p = _pipe(_smoke_cfg(tmp_path, n_per_calculator="ten"), tmp_path, "typed")
+    p = _pipe(_smoke_cfg(tmp_path, task_params={"n_per_calculator": "ten"}), tmp_path, "typed")
     assert p.returncode == 2
-    assert "parameter 'n_per_calculator' must be int, got 'ten' (str)" in p.stderr and "10_data" in p.stderr
+    assert "task_params.n_per_calculator must be int, got 'ten' (str)" in p.stderr and "10_data" in p.stderr
     assert not (tmp_path / "runs" / "typed").exists(), "a refused config must not leave a run folder"

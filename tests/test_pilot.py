@@ -1,4 +1,7 @@
-"""20_pilot stage through papermill on a tiny prepared run: failure-mode table, figures, transitions across pilot folders."""
+"""20_pilot stage through papermill on a tiny prepared run: failure-mode table, figures, transitions across pilot folders.
+
+The pilot module is task-agnostic: its tables name the knowledge unit `unit` (MedCalc: the calculator id), its display
+name `unit_name` and its group `group` (MedCalc: the category)."""
 import json
 from pathlib import Path
 
@@ -9,8 +12,10 @@ import pytest
 from conftest import ROOT
 
 STAGE = ROOT / "nbs" / "pipeline" / "20_pilot.ipynb"
-COLUMNS = ["calculator_id", "calculator", "category", "n", "pass_at_1", "pass_at_k", "mode"]
-SMALL = dict(pilot_k=4, pilot_max_new_tokens=12, pilot_max_questions_per_calculator=3, pilot_batch_size=8)
+COLUMNS = ["unit", "unit_name", "group", "n", "pass_at_1", "pass_at_k", "mode"]
+PER_UNIT = "pilot_max_questions_per_unit"  # stage parameter: questions sampled per knowledge unit
+RULE_GROUPS = "rule_groups"  # stage parameter: groups the min_correct / max_entropy gates apply to
+SMALL = {"pilot_k": 4, "pilot_max_new_tokens": 12, PER_UNIT: 3, "pilot_batch_size": 8}
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +32,8 @@ def tiny_run(tmp_path_factory) -> Path:
     later = run / "pilot_sft_rlvr"  # a constructed later pilot, so one stage run also draws the transitions
     later.mkdir()
     (later / "pilot.json").write_text(json.dumps({"model": "sft_rlvr"}))
-    pd.DataFrame({"calculator_id": [5, 45], "calculator": ["Mean Arterial Pressure (MAP)", "CURB-65 Score for Pneumonia Severity"],
-                  "category": ["physical", "risk"], "n": 3, "pass_at_1": [0.2, 0.9], "pass_at_k": [0.8, 1.0],
+    pd.DataFrame({"unit": [5, 45], "unit_name": ["Mean Arterial Pressure (MAP)", "CURB-65 Score for Pneumonia Severity"],
+                  "group": ["physical", "risk"], "n": 3, "pass_at_1": [0.2, 0.9], "pass_at_k": [0.8, 1.0],
                   "mode": ["misapplied", "solved"]}).to_csv(later / "failure_modes.csv", index=False)
     return run
 
@@ -44,8 +49,8 @@ def test_stage_declares_the_parameters_configs_use():
     declared = pm.inspect_notebook(str(STAGE))
     assert list(declared)[:2] == ["run_dir", "seed"]
     for p in ("task", "model_id", "pilot_model", "pilot_split", "pilot_k", "pilot_temperature", "pilot_top_p",
-              "pilot_max_new_tokens", "pilot_batch_size", "pilot_max_questions_per_calculator", "out_name",
-              "solved_pass1", "hit_pass_k", "min_correct", "max_entropy", "rule_categories"):
+              "pilot_max_new_tokens", "pilot_batch_size", PER_UNIT, "out_name",
+              "solved_pass1", "hit_pass_k", "min_correct", "max_entropy", RULE_GROUPS):
         assert p in declared, f"20_pilot lacks parameter {p}"
     assert declared["pilot_k"]["default"] == "12" and declared["pilot_split"]["default"] == '"train"'
 
@@ -55,7 +60,7 @@ def test_pilot_writes_failure_modes_and_figures(tiny_run):
     out = tiny_run / "pilot"
     table = pd.read_csv(out / "failure_modes.csv")
     assert list(table.columns[:7]) == COLUMNS
-    assert sorted(table["calculator_id"]) == [5, 45]
+    assert sorted(table["unit"]) == [5, 45]
     assert set(table["mode"]) <= {"solved", "misapplied", "missing"}
     assert (table["n"] == 3).all() and table["pass_at_1"].between(0, 1).all() and table["pass_at_k"].between(0, 1).all()
     questions = pd.read_csv(out / "questions.csv")
@@ -65,14 +70,14 @@ def test_pilot_writes_failure_modes_and_figures(tiny_run):
         assert (out / fig).stat().st_size > 1000, fig
     meta = json.loads((out / "pilot.json").read_text())
     assert meta["k"] == 4 and meta["model"] == "base" and meta["thresholds"]["min_correct"] == 2
-    from ehr_rlvr.pilot import select_calculators
-    assert select_calculators(table, "all") == [5, 45]
+    from ehr_rlvr.pilot import select_units
+    assert select_units(table, "all") == [5, 45]
 
 
 def test_pilot_draws_transitions_across_pilot_folders(tiny_run):
     if not (tiny_run / "pilot" / "failure_modes.csv").exists():
         _pilot(tiny_run)
     tr = pd.read_csv(tiny_run / "pilot" / "transitions.csv")  # with the constructed pilot_sft_rlvr folder of the fixture
-    assert list(tr.columns) == ["calculator_id", "calculator", "category", "base", "sft_rlvr"]
-    assert tr.set_index("calculator_id").loc[45, "sft_rlvr"] == "solved"
+    assert list(tr.columns) == ["unit", "unit_name", "group", "base", "sft_rlvr"]
+    assert tr.set_index("unit").loc[45, "sft_rlvr"] == "solved"
     assert (tiny_run / "pilot" / "transitions.png").stat().st_size > 1000

@@ -61,7 +61,7 @@ def test_smoke_run_writes_manifest_notebooks_and_results(smoke_run):
         assert row["ci_low"] <= row["diff"] <= row["ci_high"] and row["n"] == acc["n"].iloc[0]
     assert list((smoke_run / "rl" / "sft_rlvr").rglob("events.out.tfevents*")), "TensorBoard events expected"
     modes = pd.read_csv(smoke_run / "pilot" / "failure_modes.csv")
-    assert list(modes.columns[:7]) == ["calculator_id", "calculator", "category", "n", "pass_at_1", "pass_at_k", "mode"]
+    assert list(modes.columns[:7]) == ["unit", "unit_name", "group", "n", "pass_at_1", "pass_at_k", "mode"]
     assert set(modes["mode"]) <= {"solved", "misapplied", "missing"}
     assert (smoke_run / "report" / "pilot_pass_vs_passk.png").exists()
 

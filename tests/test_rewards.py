@@ -5,9 +5,13 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
-from ehr_rlvr.rewards import (HACK_PROBES, MAX_COMPLETION_CHARS, correct_reward, extract_answer, format_completion,
-                              format_reward, get_medcalc_reward, get_reward, gold_answer_value, medcalc_reward,
-                              parse_completion, score_completion, score_medcalc)
+from ehr_rlvr.medcalc.verify import (HACK_PROBES, get_medcalc_reward, gold_answer_value, medcalc_reward, score_completion,
+                                     score_medcalc)
+from ehr_rlvr.rewards import MAX_COMPLETION_CHARS, extract_answer, format_completion, get_reward, parse_completion
+from ehr_rlvr.tasks import get_task
+
+MEDCALC = get_task("medcalc")
+format_reward, correct_reward = get_reward("format", MEDCALC), get_reward("correct", MEDCALC)
 
 SCHEME = {1.1, 0.1, -2.0}
 GT_DEC = {"answer": "25.238", "lower": "23.9761", "upper": "26.4999", "output_type": "decimal", "calculator_id": "2"}
@@ -129,8 +133,11 @@ def test_scheme_and_registry():
     assert f.__name__ == "medcalc_reward"
     assert f(['<think>a</think><answer>{"answer": 3}</answer>', '<think>a</think><answer>{"answer": 4}</answer>', "x"],
              [GT_INT] * 3) == [1.0, 0.0, -1.0]
-    assert get_reward("format").__name__ == "format_reward" and get_reward("correct").__name__ == "correct_reward"
-    with pytest.raises(KeyError, match="known rewards"): get_reward("nope")
+    assert format_reward.__name__ == "format_reward" and correct_reward.__name__ == "correct_reward"
+    with pytest.raises(KeyError, match="known rewards"): get_reward("nope", MEDCALC)
+    answer = get_reward("answer", MEDCALC)  # the generic scheme reward equals MedCalc's own on every probe
+    probes = list(HACK_PROBES.values()) + [format_completion("x", 25.0), format_completion("x", 30)]
+    assert answer(probes, [GT_DEC] * len(probes)) == medcalc_reward(probes, [GT_DEC] * len(probes))
 
 
 def test_rewards_do_not_print(capsys):

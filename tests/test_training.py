@@ -51,7 +51,7 @@ def test_same_seed_same_metrics_on_cpu(smoke_run, tmp_path):
 def _moving_rl_config(tmp_path):
     "The smoke config with an RL stage whose weights move: tag_count shaping reward, no masking of truncated samples."
     cfg = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
-    cfg.update(rl_max_steps=6, rl_save_steps=2, rl_temperature=1.0, extra_rewards=["tag_count"],
+    cfg.update(rl_max_steps=6, rl_save_steps=2, rl_temperature=1.0, reward_funcs=["answer", "format", "correct", "tag_count"],
                reward_weights=[1.0, 0.0, 0.0, 1.0], mask_truncated_completions=False)
     path = tmp_path / "moving.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -68,7 +68,7 @@ def test_rlvr_killed_midway_resumes_bit_identical(smoke_run, tmp_path):
     full = run_cli(*args("full"))
     assert full.returncode == 0, full.stderr[-3000:]
     assert "10_data: done earlier with the same inputs, skipped" in full.stdout
-    assert "40_rlvr_base: running 40_rlvr.ipynb (extra_rewards: [] -> ['tag_count']" in full.stdout
+    assert "40_rlvr_base: running 40_rlvr.ipynb (reward_funcs: [] -> ['answer', 'format', 'correct', 'tag_count']" in full.stdout
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen([*CLI, *map(str, args("killed"))], cwd=ROOT, start_new_session=True,

@@ -13,13 +13,12 @@ import ehr_rlvr.medcalc.formulas  # noqa: F401  (registers the formula calculato
 import ehr_rlvr.medcalc.scores    # noqa: F401  (registers the point-sum calculators)
 from .base import CALCULATORS
 from ..io import read_csv_checked
-from ..rewards import to_number
+from .verify import to_number
 
 # %% auto #0
 __all__ = ['MEDCALC_COLUMNS', 'CATEGORY_ALIASES', 'OUTPUT_TYPES', 'HUB_ID', 'PROMPT_STYLES', 'EHRMIND_SYSTEM', 'EHRMIND_USER',
-           'COMPACT_SYSTEM', 'COMPACT_USER', 'SPLITS', 'validate_medcalc_frame', 'read_medcalc_csv', 'load_medcalc',
-           'build_prompt', 'note_groups', 'medcalc_rows', 'split_by_note', 'save_split_ids', 'load_split_ids',
-           'MedCalcTask']
+           'COMPACT_SYSTEM', 'COMPACT_USER', 'validate_medcalc_frame', 'read_medcalc_csv', 'load_medcalc',
+           'build_prompt', 'note_groups', 'medcalc_rows']
 
 # %% ../../nbs/03d_medcalc_data.ipynb #1b3c26c2
 MEDCALC_COLUMNS = ("Row Number", "Calculator ID", "Calculator Name", "Category", "Output Type", "Note ID",
@@ -169,7 +168,7 @@ def note_groups(df:pd.DataFrame, # a validated MedCalc frame
 def medcalc_rows(df:pd.DataFrame, # a MedCalc frame (validated here again)
                  style:str="ehrmind", # prompt style, see `build_prompt`
                  id_prefix:str="medcalc", # row ids are f"{id_prefix}-{Row Number}"
-                 split:str="", # value of the `split` column (set later by `split_by_note`)
+                 split:str="", # value of the `split` column (set later by `ehr_rlvr.tasks.split_by_group`)
                  task_name:str="medcalc", # value of the `task` column
                 ) -> "datasets.Dataset":
     "Self-describing rows (prompt, ground_truth, task, id, group_id, split + MedCalc columns) as a `datasets.Dataset`."
@@ -191,125 +190,3 @@ def medcalc_rows(df:pd.DataFrame, # a MedCalc frame (validated here again)
         rows["note_id"].append(r["Note ID"]); rows["note_type"].append(r["Note Type"])
         rows["row_number"].append(int(r["Row Number"])); rows["explanation"].append(r["Ground Truth Explanation"])
     return datasets.Dataset.from_dict(rows)
-
-# %% ../../nbs/03d_medcalc_data.ipynb #0d15c476
-SPLITS = ("train", "val", "test")
-
-def split_by_note(ds:"datasets.Dataset", # rows with a `group_id` column
-                  val_frac:float=0.1, # fraction of groups for validation
-                  test_frac:float=0.1, # fraction of groups for test
-                  seed:int=0, # seed of the group shuffle
-                 ) -> "datasets.DatasetDict":
-    "Seeded split by `group_id` into train/val/test; no group lands in two splits."
-    import datasets
-    if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
-        raise ValueError(f"need 0 <= val_frac, test_frac and val_frac + test_frac < 1; got {val_frac}, {test_frac}")
-    groups = sorted(set(ds["group_id"]))
-    order = [groups[i] for i in np.random.default_rng(seed).permutation(len(groups))]
-    n = len(order)
-    def count(f): return 0 if f == 0 else min(max(1, round(f * n)), max(n - 1, 0))
-    n_test = count(test_frac); n_val = min(count(val_frac), max(n - n_test - 1, 0))
-    assign = {g: "test" for g in order[:n_test]} | {g: "val" for g in order[n_test:n_test + n_val]} \
-             | {g: "train" for g in order[n_test + n_val:]}
-    labels = [assign[g] for g in ds["group_id"]]
-    out = {}
-    for s in SPLITS:
-        idx = [i for i, l in enumerate(labels) if l == s]
-        sub = ds.select(idx)
-        out[s] = sub.remove_columns("split").add_column("split", [s] * len(sub)) if "split" in sub.column_names else sub.add_column("split", [s] * len(sub))
-    seen = {s: set(out[s]["group_id"]) for s in SPLITS}
-    for a in SPLITS:
-        for b in SPLITS:
-            assert a >= b or not (seen[a] & seen[b]), f"groups in both {a} and {b}: {sorted(seen[a] & seen[b])[:5]}"
-    return datasets.DatasetDict(out)
-
-def save_split_ids(dd:"datasets.DatasetDict", # splits with `id` columns
-                   path:str|Path, # JSON file to write
-                  ) -> Path:
-    "Write `{split: [row ids]}` as JSON; returns the path."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({s: list(dd[s]["id"]) for s in dd}, indent=1))
-    return path
-
-def load_split_ids(path:str|Path) -> dict[str, list[str]]:
-    "Read `{split: [row ids]}` written by `save_split_ids`."
-    return json.loads(Path(path).read_text())
-
-# %% ../../nbs/03d_medcalc_data.ipynb #e947b8cb
-from ..tasks import Task, register_task, check_rows
-from ..rewards import (get_medcalc_reward, format_reward, correct_reward, score_completion,
-                              gold_answer_value, format_completion, parse_completion, parse_gold)
-
-_SPLIT_PARAMS = ("source", "style", "seed", "val_frac", "test_frac", "test_source", "hub_split", "id_prefix")
-_REWARD_PARAMS = ("correct", "wrong", "malformed")
-
-@register_task
-class MedCalcTask(Task):
-    "MedCalc-Bench: compute a clinical calculator's value from a patient note; verifiable by range/equality."
-    name = "medcalc"
-    main_metric = "accuracy"
-    metric_groups = ("category",)
-    row_key = "row_number"
-
-    def __init__(self, **defaults):
-        bad = sorted(set(defaults) - set(_SPLIT_PARAMS) - set(_REWARD_PARAMS))
-        if bad: raise TypeError(f"unknown medcalc parameter(s) {bad}; known: {sorted(_SPLIT_PARAMS + _REWARD_PARAMS)}")
-        super().__init__(**defaults)
-    def _params(self, names, params):
-        p = {k: v for k, v in self.defaults.items() if k in names}
-        return p | params
-
-    def build_splits(self, **params) -> "datasets.DatasetDict":
-        "Train/val/test rows split by note; see the markdown above for `source` / `test_source`."
-        return self._build_splits(**self._params(_SPLIT_PARAMS, params))
-
-    def _build_splits(self, source=None, # CSV path, DataFrame in the CSV schema, or hub id
-                      style:str="ehrmind", # prompt style
-                      seed:int=0, # split seed
-                      val_frac:float=0.1, # fraction of notes for val
-                      test_frac:float=0.1, # fraction of notes for test (ignored with test_source)
-                      test_source=None, # optional separate test set (path / frame / hub id)
-                      hub_split:str="test", # split used when `source` is a hub id
-                      id_prefix:str="medcalc", # row id prefix
-                     ):
-        import datasets
-        if source is None: raise ValueError("medcalc build_splits needs source= (a MedCalc CSV path, a DataFrame or a hub id)")
-        src = load_medcalc(source, hub_split)
-        if test_source is None:
-            dd = split_by_note(medcalc_rows(src, style, id_prefix), val_frac, test_frac, seed)
-        else:
-            tst = load_medcalc(test_source, "test")
-            test_keys = {_text_key(n) for n in tst["Patient Note"]} | {"note:" + i for i in tst["Note ID"] if i and not i.isdigit()}
-            leak = [(_text_key(n) in test_keys) or ("note:" + i in test_keys) for n, i in zip(src["Patient Note"], src["Note ID"])]
-            if any(leak):
-                warnings.warn(f"medcalc: dropped {sum(leak)} of {len(src)} train/val rows whose note is in the test set")
-                src = src[~np.array(leak)]
-            trval = split_by_note(medcalc_rows(src, style, id_prefix), val_frac, 0.0, seed)
-            test = medcalc_rows(tst, style, f"{id_prefix}-test", split="test")
-            dd = datasets.DatasetDict({"train": trval["train"], "val": trval["val"], "test": test})
-        for s in dd: check_rows(dd[s], self.name)
-        return dd
-
-    def load_rows(self, data, style:str="ehrmind", encoding:str="utf-8", **params) -> "datasets.Dataset":
-        "All rows of one MedCalc CSV / frame / hub id, unsplit."
-        return medcalc_rows(load_medcalc(data, encoding=encoding), style, params.get("id_prefix", "medcalc"))
-
-    def reward_funcs(self, **params) -> list:
-        "`[medcalc_reward (training), format_reward, correct_reward (logged)]`."
-        return [get_medcalc_reward(**self._params(_REWARD_PARAMS, params)), format_reward, correct_reward]
-
-    def score(self, completion, ground_truth:dict) -> dict:
-        "Format verdict, correctness, reward (this task's scheme) and prediction of one completion."
-        return score_completion(completion, ground_truth, **self._params(_REWARD_PARAMS, {}))
-
-    def gold_usable(self, ground_truth:dict) -> bool:
-        "False when the gold answer is empty or `nan`, or the verifier cannot parse the gold (limits, integer, date)."
-        ans = str((ground_truth or {}).get("answer", "")).strip().lower()
-        return ans not in ("", "nan", "none", "null", "n/a") and parse_gold(ground_truth) is not None
-
-    def sft_completion(self, row:dict) -> str|None:
-        "Gold explanation in `<think>` + gold answer in `<answer>`, or None if the row cannot give a valid one."
-        expl, value = str(row.get("explanation") or "").strip(), gold_answer_value(row["ground_truth"])
-        if not expl or value is None: return None
-        text = format_completion(expl, value)
-        return text if parse_completion(text).format_ok else None
