@@ -19,7 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .ehr.cohorts import (Cohort, Preprocessor, load_cohort, save_splits, split_indices, split_patients)
+from .ehr.cohorts import Cohort, Preprocessor, load_cohort, split_indices, split_patients
+from .tasks import save_split_ids
 from .metrics import auprc, auroc, bootstrap_ci
 
 # %% auto #0
@@ -285,7 +286,7 @@ def train_expert(
                   static_names=cohort.static_names, time_unit=cohort.time_unit, max_steps=int(X.shape[1]),
                   preprocessor=pp.to_dict(), cohort_info=cohort.info)
     paths["config"].write_text(json.dumps(_json_safe(config), indent=1))
-    save_splits(splits, paths["splits"], dataset=dataset, task=task, split_seed=split_seed, fracs=list(fracs),
+    save_split_ids(splits, paths["splits"], dataset=dataset, task=task, split_seed=split_seed, fracs=list(fracs),
                 unit="subject_id" if dataset == "mimic-iv" else "patient_id")
     pd.concat([pd.DataFrame(dict(id=[cohort.ids[i] for i in ix[k]], patient_id=[cohort.patient_ids[i] for i in ix[k]],
                                  split=k, y=cohort.y[ix[k]], prob=probs[k])) for k in ix]).to_csv(paths["predictions"], index=False)

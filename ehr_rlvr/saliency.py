@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .ehr.cohorts import Cohort, Preprocessor, load_cohort, load_splits
+from .ehr.cohorts import Cohort, Preprocessor, load_cohort
+from .tasks import load_split_ids
 from .experts import ConCare, load_expert
 
 # %% auto #0
@@ -115,7 +116,7 @@ def saliency_payload(sal: dict, expert_dir: str | Path | None = None, top_k: int
                 id="hadm_id" if c.dataset == "mimic-iv" else "patient_id", n=len(c), feature_names=c.feature_names,
                 expert_dir=str(expert_dir) if expert_dir else None, seed=cfg.get("seed"))
     if expert_dir and (Path(expert_dir) / "splits.json").exists():
-        sp = load_splits(Path(expert_dir) / "splits.json")
+        sp = load_split_ids(Path(expert_dir) / "splits.json")
         where = {p: k for k, v in sp.items() for p in v}
         meta["splits"] = {k: [i for i, p in zip(c.ids, c.patient_ids) if where.get(p) == k] for k in sp}
     return dict(metadata=meta, patients={i: rank_features(sal["scores"][n], c.feature_names, top_k) for n, i in enumerate(c.ids)})

@@ -12,8 +12,8 @@ import pandas as pd
 from .io import is_encodable
 
 # %% auto #0
-__all__ = ['ROW_COLUMNS', 'SPLITS', 'ANSWER_KINDS', 'TASKS', 'check_rows', 'split_by_group', 'save_split_ids', 'load_split_ids',
-           'Task', 'scorable_mask', 'register_task', 'all_tasks', 'get_task']
+__all__ = ['ROW_COLUMNS', 'SPLITS', 'ANSWER_KINDS', 'TASKS', 'check_rows', 'split_by_group', 'assert_disjoint', 'save_split_ids',
+           'load_split_ids', 'Task', 'scorable_mask', 'register_task', 'all_tasks', 'get_task']
 
 # %% ../nbs/02_tasks.ipynb #0148d5a1
 ROW_COLUMNS = ("prompt", "ground_truth", "task", "id", "group_id", "split")
@@ -71,16 +71,36 @@ def split_by_group(ds:"datasets.Dataset", # rows with a `group_id` column
             assert a >= b or not (seen[a] & seen[b]), f"groups in both {a} and {b}: {sorted(seen[a] & seen[b])[:5]}"
     return datasets.DatasetDict(out)
 
-def save_split_ids(dd:"datasets.DatasetDict", # splits with `id` columns
-                   path:str|Path, # JSON file to write
-                  ) -> Path:
-    "Write `{split: [row ids]}` as JSON; returns the path."
-    from ehr_rlvr.core import write_json
-    return write_json(path, {s: list(dd[s]["id"]) for s in dd})
+def assert_disjoint(splits:dict, # split name -> ids
+                   ) -> None:
+    "Raise `ValueError` naming the splits and a few ids when an id is in two splits."
+    names = list(splits)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            both = set(splits[a]) & set(splits[b])
+            if both: raise ValueError(f"ids in both {a} and {b}: {sorted(map(str, both))[:5]}")
 
-def load_split_ids(path:str|Path) -> dict[str, list[str]]:
-    "Read `{split: [row ids]}` written by `save_split_ids`."
-    return json.loads(Path(path).read_text())
+
+def save_split_ids(splits, # a DatasetDict with `id` columns, or `{split: [ids]}`
+                   path:str|Path, # JSON file to write
+                   **meta, # recorded next to the splits (seed, dataset...)
+                  ) -> Path:
+    "Write `{split: [ids]}` (+ `meta`) as JSON after checking no id is in two splits; returns the path."
+    from ehr_rlvr.core import write_json
+    ids = {s: [str(i) for i in (splits[s]["id"] if hasattr(splits[s], "column_names") else splits[s])] for s in splits}
+    assert_disjoint(ids)
+    return write_json(path, {**meta, **ids})
+
+
+def load_split_ids(path:str|Path, # written by `save_split_ids`
+                   splits:tuple=SPLITS, # the split names to read (other keys are metadata)
+                  ) -> dict[str, list[str]]:
+    "Read `{split: [ids]}` written by `save_split_ids`, checked disjoint."
+    d = json.loads(Path(path).read_text())
+    out = {s: d[s] for s in splits if s in d}
+    assert_disjoint(out)
+    return out
+
 
 # %% ../nbs/02_tasks.ipynb #15605d82
 ANSWER_KINDS = ("exact", "label", "probability")
@@ -109,17 +129,21 @@ class Task:
     row_key: str = "id"                     # column that identifies a row in an external completions file
     default_rewards: tuple[str, ...] = ("answer", "format", "correct")  # the first trains, the rest are logged
     PARAMS: dict[str, Any] = {}             # the task's own parameters and their defaults
+    PARAM_TYPES: dict[str, tuple] = {}      # types a parameter may take besides its default's (e.g. a path or a frame)
 
-    def __init__(self, **params):
+    def __init__(self, **params): self.params = self.merged(params, {**self.PARAMS})
+    def merged(self, params:dict, base:dict|None=None) -> dict:
+        "`base` (default: this task's params) updated with `params`, each checked against `PARAMS`: name and type."
         unknown = sorted(set(params) - set(self.PARAMS))
         if unknown:
             raise TypeError(f"unknown {self.name} parameter(s) {unknown}; known: {sorted(self.PARAMS)}")
         for k, v in params.items():
-            want = _param_type(self.PARAMS[k])
+            want = self.PARAM_TYPES.get(k) or _param_type(self.PARAMS[k])
             if want is not None and not _fits(v, want):
-                raise TypeError(f"{self.name} parameter task_params.{k} must be {want.__name__}, got {v!r} "
+                names = " or ".join(w.__name__ for w in (want if isinstance(want, tuple) else (want,)))
+                raise TypeError(f"{self.name} parameter task_params.{k} must be {names}, got {v!r} "
                                 f"({type(v).__name__}); default {self.PARAMS[k]!r}")
-        self.params = {**self.PARAMS, **params}
+        return {**(self.params if base is None else base), **params}
     def __repr__(self): return f"{type(self).__name__}(name={self.name!r})"
 
     def build_splits(self, out_dir=None, seed:int=0, style:str="compact", val_frac:float=0.1, test_frac:float=0.1,

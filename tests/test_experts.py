@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ehr_rlvr.ehr.cohorts import (Preprocessor, assert_disjoint, load_cohort, load_splits, save_splits,
-                                  split_indices, split_patients)
+from ehr_rlvr.ehr.cohorts import Preprocessor, load_cohort, split_indices, split_patients
+from ehr_rlvr.tasks import assert_disjoint, load_split_ids as load_splits, save_split_ids as save_splits
 
 DATA = Path(os.environ.get("EHR_RLVR_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 TJH, MIMIC = DATA / "tjh", DATA / "mimic_iv_demo"
@@ -56,7 +56,7 @@ def test_split_json_roundtrip_and_overlap_guard(tmp_path):
     p = save_splits(sp, tmp_path / "splits.json", seed=0)
     assert load_splits(p) == sp
     p.write_text(json.dumps({"train": ["1", "2"], "val": ["2"], "test": ["4"]}))
-    with pytest.raises(AssertionError, match="both train and val"):
+    with pytest.raises(ValueError, match="both train and val"):
         load_splits(p)
 
 

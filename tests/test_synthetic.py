@@ -8,7 +8,7 @@ import pytest
 from ehr_rlvr.medcalc.base import CALCULATORS, compute
 from ehr_rlvr.medcalc.data import MEDCALC_COLUMNS, medcalc_rows, read_medcalc_csv, validate_medcalc_frame
 from ehr_rlvr.medcalc.synthetic import (SPECS, Num, check_row, generate_notes, gold_strings, missing_mentions, save_notes,
-                                        split_notes, supported_calculators)
+                                        supported_calculators)
 
 DATA = Path(os.environ.get("EHR_RLVR_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 REAL_CSV = DATA / "medcalc_bench" / "test_data_v1.0_dev.csv"
@@ -122,16 +122,6 @@ def test_csv_round_trip_and_prompt_rows(notes, tmp_path):
     pd.testing.assert_frame_equal(back, validate_medcalc_frame(notes))
     ds = medcalc_rows(back.head(5), style="compact")
     assert ds[0]["ground_truth"]["answer"] == notes["Ground Truth Answer"].iloc[0]
-
-
-def test_split_by_note_is_disjoint_and_stratified(notes):
-    sp = split_notes(notes, test_frac=0.2, val_frac=0.2, seed=0)
-    ids = {s: set(d["Note ID"]) for s, d in sp.items()}
-    assert not (ids["train"] & ids["val"] or ids["train"] & ids["test"] or ids["val"] & ids["test"])
-    assert sum(map(len, ids.values())) == len(notes)
-    for d in sp.values(): assert set(d["Calculator ID"]) == set(notes["Calculator ID"])
-    assert {s: d["Note ID"].tolist() for s, d in sp.items()} == \
-           {s: d["Note ID"].tolist() for s, d in split_notes(notes, 0.2, 0.2, seed=0).items()}
 
 
 def test_deterministic_across_processes():

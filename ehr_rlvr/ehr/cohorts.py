@@ -15,12 +15,13 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from ..io import read_csv_checked
+from ..tasks import assert_disjoint
 
 # %% auto #0
 __all__ = ['log', 'TJH_META', 'TJH_DROP', 'MIMIC_LABS', 'MIMIC_VITALS', 'FAHRENHEIT_ITEMIDS', 'PLAUSIBLE', 'DATASETS', 'SPLITS',
            'Cohort', 'pad_long', 'read_tjh_table', 'load_tjh', 'mimic_paths', 'read_events_csv', 'read_meds_chart',
-           'mimic_admissions', 'load_mimic', 'load_cohort', 'assert_disjoint', 'split_patients', 'save_splits',
-           'load_splits', 'split_indices', 'forward_fill', 'Preprocessor']
+           'mimic_admissions', 'load_mimic', 'load_cohort', 'split_patients', 'split_indices', 'forward_fill',
+           'Preprocessor']
 
 # %% ../../nbs/20_ehr_cohorts.ipynb #89e660f5
 log = logging.getLogger(__name__)
@@ -380,14 +381,6 @@ def load_cohort(
 SPLITS = ("train", "val", "test")
 
 
-def assert_disjoint(splits: dict[str, list[str]]):
-    "Raise if any id is in two splits."
-    for i, a in enumerate(SPLITS):
-        for b in SPLITS[i + 1:]:
-            both = set(splits[a]) & set(splits[b])
-            assert not both, f"patients in both {a} and {b}: {sorted(both)[:5]}"
-
-
 def split_patients(
     patient_ids: list[str],  # person id of each sample (repeats allowed)
     y: np.ndarray,  # label of each sample (a person is stratified by max(y))
@@ -404,22 +397,6 @@ def split_patients(
     train, val = train_test_split(rest, test_size=fracs[1] / (fracs[0] + fracs[1]), random_state=seed,
                                   stratify=rlab if strat is not None and min(np.bincount(rlab)) >= 2 else None)
     out = {k: sorted(map(str, v)) for k, v in zip(SPLITS, (train, val, test))}
-    assert_disjoint(out)
-    return out
-
-
-def save_splits(splits: dict[str, list[str]], path: str | Path, **meta) -> Path:
-    "Write splits (+ metadata such as seed, dataset) to JSON after checking they are disjoint."
-    assert_disjoint(splits)
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**meta, **{k: list(splits[k]) for k in SPLITS}}, indent=1))
-    return path
-
-
-def load_splits(path: str | Path) -> dict[str, list[str]]:
-    "Read splits JSON written by `save_splits` (checked disjoint)."
-    d = json.loads(Path(path).read_text())
-    out = {k: d[k] for k in SPLITS}
     assert_disjoint(out)
     return out
 

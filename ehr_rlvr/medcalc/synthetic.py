@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 import pandas as pd
 from .base import CALCULATORS, compute, fmt, quantity
-from .data import MEDCALC_COLUMNS, note_groups
+from .data import MEDCALC_COLUMNS
 
 # %% auto #0
 __all__ = ['AGE', 'SEX', 'WEIGHT', 'HEIGHT', 'CREAT', 'SODIUM', 'CHLORIDE', 'BICARB', 'ALBUMIN', 'CALCIUM', 'GLUCOSE', 'BUN',
@@ -19,7 +19,7 @@ __all__ = ['AGE', 'SEX', 'WEIGHT', 'HEIGHT', 'CREAT', 'SODIUM', 'CHLORIDE', 'BIC
            'CHILD_HISTORY', 'HISTORY_EXTRAS', 'SENTENCE_EXTRAS', 'SENTENCE_COLLIDES', 'ADULT_ONLY', 'ONSET_KEYS', 'HPI',
            'HPI_VISIT', 'EXAM', 'PLAN', 'COLUMNS', 'Num', 'Flag', 'Choice', 'Date', 'Drug', 'lin', 'NoteSpec',
            'sample_entities', 'write_note', 'missing_mentions', 'gold_strings', 'supported_calculators',
-           'generate_notes', 'save_notes', 'check_row', 'drop_criterion', 'misapply_notes', 'split_notes']
+           'generate_notes', 'save_notes', 'check_row', 'drop_criterion', 'misapply_notes']
 
 # %% ../../nbs/03e_medcalc_synthetic.ipynb #08c99b77
 import importlib
@@ -869,28 +869,4 @@ def misapply_notes(df: pd.DataFrame,            # frame from `generate_notes`
         gold, lo, hi = gold_strings(ans, r["Output Type"])
         out.loc[i, ["Ground Truth Explanation", "Ground Truth Answer", "Lower Limit", "Upper Limit", "Note Type"]] = \
             [expl, gold, lo, hi, f"Synthetic, misapplied (without {crit[cid]})"]
-    return out
-
-# %% ../../nbs/03e_medcalc_synthetic.ipynb #795ccc79
-def split_notes(df: pd.DataFrame,      # frame in the MedCalc-Bench CSV schema
-                test_frac: float = 0.1, # fraction of each calculator's notes for test
-                val_frac: float = 0.1,  # fraction of each calculator's notes for validation
-                seed: int = 0,          # seed of the shuffle
-               ) -> dict[str, pd.DataFrame]:
-    "Seeded train/val/test split by note, stratified by calculator; no note lands in two splits."
-    if not (0 <= test_frac < 1 and 0 <= val_frac < 1 and test_frac + val_frac < 1):
-        raise ValueError(f"need 0 <= test_frac, val_frac and test_frac + val_frac < 1; got {test_frac}, {val_frac}")
-    groups = pd.Series(note_groups(df), index=df.index)
-    first_calc = df.groupby(groups)["Calculator ID"].first()
-    assign = {}
-    for cid in sorted(first_calc.unique()):
-        gs = sorted(first_calc.index[first_calc == cid])
-        random.Random(f"{seed}:{cid}").shuffle(gs)
-        n_test, n_val = round(len(gs) * test_frac), round(len(gs) * val_frac)
-        assign |= {g: "test" for g in gs[:n_test]} | {g: "val" for g in gs[n_test:n_test + n_val]} \
-                  | {g: "train" for g in gs[n_test + n_val:]}
-    label = groups.map(assign)
-    out = {s: df[label == s].reset_index(drop=True) for s in ("train", "val", "test")}
-    ids = {s: set(d["Note ID"]) for s, d in out.items()}
-    assert not (ids["train"] & ids["val"] or ids["train"] & ids["test"] or ids["val"] & ids["test"]), "a note in two splits"
     return out

@@ -4,9 +4,10 @@
 
 # %% ../../nbs/03g_medcalc_task.ipynb #742f1179
 from __future__ import annotations
-import re, warnings
+import os, re, warnings
 from pathlib import Path
 import numpy as np
+import pandas as pd
 from ..tasks import Task, check_rows, register_task, split_by_group
 from ..rewards import Parsed, format_completion, parse_completion
 from .verify import gold_answer_value, parse_gold, score_completion
@@ -31,14 +32,13 @@ class MedCalcTask(Task):
               "missing_value_rate": 0.0, "distractor_rate": 0.5, "note_style": "short",
               "knowledge_calculator_ids": [5, 45], "pretrain_notes_per_calculator": 16, "misapplied": [],
               "misapplied_rate": 0.5}
+    PARAM_TYPES = {"source": (str, os.PathLike, pd.DataFrame), "test_source": (str, os.PathLike, pd.DataFrame)}
 
     def build_splits(self, out_dir=None, seed:int=0, style:str="compact", val_frac:float=0.1, test_frac:float=0.1,
                      **params) -> "datasets.DatasetDict":
         "Train/val/test rows split by note; `params` override the task's own (e.g. `source=` a CSV path)."
         import datasets
-        p = {**self.params, **params}
-        unknown = sorted(set(params) - set(self.PARAMS))
-        if unknown: raise TypeError(f"unknown medcalc parameter(s) {unknown}; known: {sorted(self.PARAMS)}")
+        p = self.merged(params)
         src = p["source"]
         if isinstance(src, str) and src == "synthetic":
             from ehr_rlvr.medcalc.synthetic import generate_notes, save_notes
@@ -50,7 +50,7 @@ class MedCalcTask(Task):
             raise ValueError("medcalc: source must be 'synthetic', a MedCalc CSV path, a DataFrame or a hub id")
         data = load_medcalc(src, p["source_split"])
         prefix = p["id_prefix"]
-        if not p["test_source"]:
+        if p["test_source"] is None or (isinstance(p["test_source"], str) and not p["test_source"]):
             dd = split_by_group(medcalc_rows(data, style, prefix), val_frac, test_frac, seed)
         else:
             tst = load_medcalc(p["test_source"], "test")

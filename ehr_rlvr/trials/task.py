@@ -4,6 +4,7 @@
 
 # %% ../../nbs/12c_trials_task.ipynb #101fb3b4
 from __future__ import annotations
+import os
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -58,10 +59,11 @@ class TrialsTask(Task):
     PARAMS = {"source": "synthetic", "trials": "", "sft_examples": "", "n_patients": 150, "trials_per_patient": 3,
               "class_balance": [1 / 3, 1 / 3, 1 / 3], "transductive_frac": 0.2, "balance_train": True,
               "pretrain_patients": 200, "pretrain_labels": [0, 1, 2]}
+    PARAM_TYPES = {"source": (str, os.PathLike), "trials": (str, os.PathLike, list), "sft_examples": (str, os.PathLike)}
 
     def _pairs(self, seed:int, p:dict) -> pd.DataFrame:
         "The task's pairs: synthetic (seeded) or every judged pair with trial text of a TREC year folder."
-        if p["source"] == "synthetic":
+        if isinstance(p["source"], str) and p["source"] == "synthetic":
             return generate_pairs(int(p["n_patients"]), int(p["trials_per_patient"]), seed, tuple(p["class_balance"]))
         pairs, info = load_trec_pairs(p["source"], trials=p["trials"] or None)
         self.load_info = {k: info[k] for k in ("n_judged", "n_with_text", "n_skipped_no_text") if k in info}
@@ -75,9 +77,7 @@ class TrialsTask(Task):
                      **params) -> "datasets.DatasetDict":
         "Patients split train / val / test (inductive: unseen patients); `transductive_frac` of the training patients' pairs are a second test view."
         import datasets
-        unknown = sorted(set(params) - set(self.PARAMS))
-        if unknown: raise TypeError(f"unknown trials parameter(s) {unknown}; known: {sorted(self.PARAMS)}")
-        p = {**self.params, **params}
+        p = self.merged(params)
         pairs = self._pairs(seed, p)
         if out_dir is not None:
             with atomic_path(Path(out_dir) / "pairs.parquet") as tmp: pairs.to_parquet(tmp, index=False)
