@@ -15,7 +15,7 @@ STAGE = ROOT / "nbs" / "pipeline" / "20_pilot.ipynb"
 COLUMNS = ["unit", "unit_name", "group", "n", "pass_at_1", "pass_at_k", "mode"]
 PER_UNIT = "pilot_max_questions_per_unit"  # stage parameter: questions sampled per knowledge unit
 RULE_GROUPS = "rule_groups"  # stage parameter: groups the min_correct / max_entropy gates apply to
-SMALL = {"pilot_k": 4, "pilot_max_new_tokens": 12, PER_UNIT: 3, "pilot_batch_size": 8}
+SMALL = {"task": "medcalc", "pilot_k": 4, "pilot_max_new_tokens": 12, PER_UNIT: 3, "pilot_batch_size": 8}
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +81,9 @@ def test_pilot_draws_transitions_across_pilot_folders(tiny_run):
     assert list(tr.columns) == ["unit", "unit_name", "group", "base", "sft_rlvr"]
     assert tr.set_index("unit").loc[45, "sft_rlvr"] == "solved"
     assert (tiny_run / "pilot" / "transitions.png").stat().st_size > 1000
+
+
+def test_pilot_refuses_a_task_without_a_knowledge_unit(tiny_run):
+    "Trial matching has no per-calculator knowledge: the stage says so instead of inventing a unit."
+    with pytest.raises(pm.PapermillExecutionError, match="declares no knowledge unit"):
+        _pilot(tiny_run, task="trials", out_name="pilot_trials")

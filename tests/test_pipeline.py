@@ -29,7 +29,7 @@ def test_runner_refuses_a_stage_parameter_the_notebook_lacks(tmp_path):
 
 def test_failing_stage_is_reported_with_cell_and_notebook(tmp_path):
     cfg = tmp_path / "fail.yaml"
-    cfg.write_text("name: fail\nstages: [10_data]\nsource: /no/such/medcalc.csv\n")
+    cfg.write_text("name: fail\nstages: [10_data]\ntask: medcalc\ntask_params: {source: /no/such/medcalc.csv}\n")
     p = run_cli("pipeline", cfg, "--run-id", "f1", "--runs-root", tmp_path / "runs", "--no-progress")
     assert p.returncode != 0
     assert "Stage '10_data' failed in cell" in p.stderr
