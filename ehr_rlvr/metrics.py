@@ -86,7 +86,7 @@ def auprc(y_true: Sequence, y_score: Sequence) -> float:
 KIND_METRICS: dict[str, tuple[str, ...]] = {
     "exact": ("accuracy",),
     "label": ("accuracy", "balanced_accuracy", "kappa", "macro_f1"),
-    "probability": ("auroc", "auprc", "brier", "accuracy"),
+    "probability": ("auroc", "auprc", "brier", "accuracy", "balanced_accuracy", "macro_f1"),
 }
 NO_ANSWER = -1  # the prediction of a malformed completion in a label task
 
@@ -139,12 +139,14 @@ def brier(y_true: Sequence, y_prob: Sequence) -> float:
 def probability_metrics(y: np.ndarray,  # 0/1 outcomes
                         prob: np.ndarray,  # predicted probabilities, NaN for a malformed completion
                        ) -> dict[str, float]:
-    "`auroc`, `auprc`, `brier`, `accuracy` (prob > 0.5 predicts 1); a malformed answer counts as 0.5."
+    "`auroc`, `auprc`, `brier` (a malformed answer counts as 0.5); `accuracy`, `balanced_accuracy`, `macro_f1` of the label prob > 0.5 (malformed: no answer)."
     y = np.asarray(y, dtype=float)
     p = np.asarray(prob, dtype=float)
     valid = np.isfinite(p)
     p = np.where(valid, p, 0.5)
     out = {"brier": brier(y, p), "accuracy": float(np.mean(valid & ((p > 0.5) == (y == 1)))) if len(y) else float("nan")}
+    hard = label_metrics(confusion(y.astype(int), np.where(valid, (p > 0.5).astype(int), NO_ANSWER), 2))  # malformed: no answer
+    out |= {"balanced_accuracy": hard["balanced_accuracy"], "macro_f1": hard["macro_f1"]}
     for name, fn in (("auroc", auroc), ("auprc", auprc)):
         try:
             out[name] = fn(y, p)

@@ -147,13 +147,14 @@ def get_answer_reward(task, # gives `score(completion, ground_truth)`
                       wrong:float=0.1, # well-formed, wrong answer (EHRMind's released code: 0.0)
                       malformed:float=-2.0, # format failure
                      ) -> Callable:
-    "TRL reward `answer_reward`: `correct` / `wrong` / `malformed` from the task's verdict; None where the gold is unusable."
+    "TRL reward `answer_reward`: `correct` (× the verdict's `weight`, if any) / `wrong` / `malformed` from the task's verdict; None where the gold is unusable."
     def answer_reward(completions, ground_truth=None, **kwargs) -> list[float|None]:
         "The task's reward scheme per completion."
         def one(c, g):
             v = _verdict(task, c, g)
             if v is None or v.get("reason") == "gold_unusable": return None
-            return (correct if v["correct"] else wrong) if v["format_ok"] else malformed
+            w = v.get("weight", 1.0)  # a task may weight a row's correct answer (e.g. inverse class frequency)
+            return (correct * w if v["correct"] else wrong) if v["format_ok"] else malformed
         return _per_item(completions, ground_truth, one)
     answer_reward.scheme = {"correct": correct, "wrong": wrong, "malformed": malformed}
     return answer_reward

@@ -9,8 +9,9 @@ import pytest
 from conftest import DATA_ROOT, ROOT, run_cli
 
 # every task lives in its own package (ehr_rlvr/<task>/); these words belong to one task or another
-TASK_WORDS = re.compile(r"medcalc|calculator|categor|trials?\b|trec|eligib|ehrmind_matching", re.IGNORECASE)
-TASK_PACKAGES = {"medcalc", "trials"}
+TASK_WORDS = re.compile(r"medcalc|calculator|categor|trials?\b|trec|eligib|ehrmind_matching|diagnosis[._]|hypertension|"
+                        r"readmission_30d|label_task", re.IGNORECASE)
+TASK_PACKAGES = {"medcalc", "trials", "diagnosis"}  # (the `mixture` package is generic: it names no task either)
 # the CLI hosts each task's own tools as subcommands (`ehr-rlvr medcalc audit`): its task words are those commands'
 CLI_EXEMPT = {"cli.py"}
 TREC = DATA_ROOT / "trec_ct" / "trec_2021"
@@ -39,6 +40,7 @@ def test_stage_notebook_code_names_no_task(path):
 def test_the_grep_finds_what_it_is_meant_to(tmp_path):
     # the check can fail: a line naming a task's column is caught
     assert TASK_WORDS.search('df.groupby("calculator_id")') and TASK_WORDS.search("get_task('trials')")
+    assert TASK_WORDS.search("from ehr_rlvr.diagnosis.labels import label_task")
     assert not TASK_WORDS.search("rows = t.build_splits(out, seed=seed)")
 
 
