@@ -8,7 +8,7 @@ import json, math, warnings
 from pathlib import Path
 import pandas as pd
 from .io import clean_text, iter_jsonl
-from .evaluate import confusion_table
+from .evaluate import _view_values, confusion_table, task_views, view_table
 from .metrics import KIND_METRICS
 from .tasks import get_task, scorable_mask
 
@@ -64,9 +64,15 @@ def evaluate_completions(task:str, # task registry name
                          predictions:str|None=None, # optional path of per-row verdicts (JSONL)
                          prepend:str="", # text put before every completion, e.g. "<think>" when the prompt prefilled it
                          encoding:str="utf-8", # text encoding of the data file and the completions file
+                         protocol:str|None=None, # the task's scoring protocol (a task parameter, e.g. 'strict'); None: the task's default
+                         task_params:dict|None=None, # the task's own parameters (its `PARAMS`), e.g. which gold to score against
                         ) -> dict:
-    "Score a completions JSONL against a task's data file; summary metrics over all data rows with a usable gold."
-    t = get_task(task)
+    "Score a completions JSONL against a task's data file; summary metrics over all data rows with a usable gold (+ every scoring view)."
+    params = dict(task_params or {})
+    if protocol is not None: params["protocol"] = protocol
+    try: t = get_task(task, **params)
+    except TypeError as e: raise ValueError(f"task {task!r} does not take {sorted(params)}: {e}") from None
+    views = task_views(t)
     rows = t.load_rows(data, encoding=encoding)
     if len(rows) == 0: raise ValueError(f"{data}: no rows to evaluate")
     keys = list(rows[t.row_key])
@@ -88,7 +94,8 @@ def evaluate_completions(task:str, # task registry name
                      "pred": clean_text(None if s.get("pred") is None else str(s["pred"])),
                      "gold": clean_text(None if s.get("gold") is None else str(s["gold"])),
                      **({"prob": s.get("prob")} if t.answer_kind == "probability" else {}),
-                     "reason": s.get("reason", ""), "scorable": bool(s["scorable"]), "submitted": k in comps})
+                     "reason": s.get("reason", ""), "scorable": bool(s["scorable"]), "submitted": k in comps,
+                     **_view_values(t, comps.get(k, ""), r["ground_truth"], views)})
     df = pd.DataFrame(recs)
     m = t.metrics(df)
     ok = scorable_mask(df)
@@ -112,6 +119,11 @@ def evaluate_completions(task:str, # task registry name
             "missing_rows": missing, "n_unknown": len(unknown), "unknown_rows": unknown, "n_correct": int(df["correct"].sum()),
             "n_unscorable_gold": len(unscorable), "unscorable_rows": unscorable, "main_metric": t.main_metric,
             **getattr(t, "load_info", {})}
+    if views:  # every scoring view of the task side by side, overall and by group
+        vt = view_table(t, df)
+        res["protocol"], res["task_params"] = t.params.get("protocol"), {k: v for k, v in params.items() if k != "protocol"}
+        res["views"] = {v: {"accuracy": float(vt.loc[v, "overall"]), "n": int(vt.loc[v, "n"])} for v in vt.index}
+        res["views_by_group"] = {v: {c: float(vt.loc[v, c]) for c in vt.columns if c not in ("overall", "n")} for v in vt.index}
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(res, indent=1))

@@ -16,12 +16,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .core import atomic_path
-from .io import clean_text
+from .io import clean_text, is_encodable
 from .metrics import accuracy, bootstrap_ci, compute_metrics, confusion, pass_at_k, row_arrays
 from .tasks import Task, scorable_mask
 
 # %% auto #0
-__all__ = ['generate', 'kept_columns', 'score_rows', 'summarize', 'confusion_table', 'write_eval']
+__all__ = ['generate', 'kept_columns', 'task_views', 'score_rows', 'summarize', 'view_table', 'confusion_table', 'write_eval']
 
 # %% ../nbs/07_evaluate.ipynb #3afa682b
 @torch.no_grad()
@@ -67,16 +67,30 @@ def kept_columns(task: Task) -> list[str]:
     return [c for c in dict.fromkeys(cols) if c]
 
 
+def task_views(task: Task) -> tuple[str, ...]:
+    "The extra scoring views a task declares (`views` + `score_views`, e.g. protocol x gold); () for most tasks."
+    return tuple(getattr(task, "views", ()) or ()) if callable(getattr(task, "score_views", None)) else ()
+
+
+def _view_values(task: Task, completion, ground_truth, views) -> dict:
+    "`correct@<view>` as 1.0 / 0.0 / NaN (unusable gold, or the view failed) for one completion."
+    if not views: return {}
+    try: v = task.score_views(completion, ground_truth) if is_encodable(completion) else {}
+    except Exception: v = {}
+    return {f"correct@{k}": np.nan if v.get(k) is None else float(bool(v[k])) for k in views}
+
+
 def score_rows(task: Task,  # the task (its `score` is the RL reward's verifier)
                rows,  # task rows (datasets.Dataset or list of dicts)
                completions: Sequence[Sequence[str]],  # per row, one or more completions
               ) -> pd.DataFrame:
-    "One line per (row, sample): id, sample, completion, pred, format_ok, correct, reward, reason, scorable, gold (+ prob) + the task's columns."
+    "One line per (row, sample): id, sample, completion, pred, format_ok, correct, reward, reason, scorable, gold (+ prob) + the task's columns (+ `correct@<view>`)."
     if len(rows) != len(completions):
         raise ValueError(f"score_rows: {len(rows)} rows but {len(completions)} completion lists")
     have = rows.column_names if hasattr(rows, "column_names") else (list(rows[0]) if len(rows) else [])
     keep = [c for c in kept_columns(task) if c in have]
     with_prob = task.answer_kind == "probability"
+    views = task_views(task)
     recs, unscorable = [], []
     for r, comps in zip(rows, completions):
         if isinstance(comps, (str, dict)):
@@ -89,7 +103,8 @@ def score_rows(task: Task,  # the task (its `score` is the RL reward's verifier)
                          **({"prob": np.nan if s.get("prob") is None else float(s["prob"])} if with_prob else {}),
                          "format_ok": s["format_ok"], "correct": s["correct"],
                          "reward": np.nan if s["reward"] is None else float(s["reward"]), "reason": s["reason"],
-                         "scorable": s["scorable"], "gold": gold, **{k: r[k] for k in keep}})
+                         "scorable": s["scorable"], "gold": gold, **{k: r[k] for k in keep},
+                         **_view_values(task, c, r["ground_truth"], views)})
             if j == 0 and not s["scorable"]: unscorable.append(r["id"])
     if unscorable:
         warnings.warn(f"score_rows: {len(unscorable)} of {len(rows)} row(s) have an unusable gold label and are left out "
@@ -154,9 +169,33 @@ def summarize(task: Task,  # the task
         for k in ks:
             if (per_q["n"] >= k).all():
                 rows.append(_metric_row(f"pass@{k}", [pass_at_k(int(n), int(c), k) for n, c in zip(q["n"], q["c"])], n_boot, seed))
+    for col in [c for c in first.columns if c.startswith("correct@")]:  # the task's extra views (e.g. protocol x gold)
+        view, vals = col.split("@", 1)[1], first[col].astype(float)
+        rows.append(_metric_row(f"{task.main_metric}@{view}", vals.dropna(), n_boot, seed))
+        for g in task.group_columns:
+            if g in first.columns:
+                for val, sub in first.assign(_v=vals).groupby(g):
+                    rows.append(_metric_row(f"{task.main_metric}@{view}/{val}", sub["_v"].dropna(), n_boot, seed))
     n_bad = float((~ok).sum())
     rows.append({"metric": "n_unscorable_gold", "value": n_bad, "ci_low": n_bad, "ci_high": n_bad, "n": int(len(per_q))})
     return rows
+
+
+def view_table(task: Task,  # a task with views (`task_views`)
+               scored: pd.DataFrame,  # from `score_rows`
+               by: str | None = None,  # group column (default: the task's first group column)
+              ) -> pd.DataFrame:
+    "Accuracy per view (rows) and group (columns, then `overall`), first samples, rows whose gold is unusable in a view left out; `n_<view>` counts."
+    views = [c for c in scored.columns if c.startswith("correct@")]
+    if not views: return pd.DataFrame()
+    first = scored[scored["sample"] == 0] if "sample" in scored else scored
+    by = by or next((g for g in task.group_columns if g in first.columns), None)
+    out = {}
+    for c in views:
+        v = first[c].astype(float)
+        row = {str(k): float(sub.dropna().mean()) if sub.notna().any() else np.nan for k, sub in v.groupby(first[by])} if by else {}
+        out[c.split("@", 1)[1]] = row | {"overall": float(v.dropna().mean()) if v.notna().any() else np.nan, "n": int(v.notna().sum())}
+    return pd.DataFrame(out).T.rename_axis("view")
 
 # %% ../nbs/07_evaluate.ipynb #75e2e538
 def confusion_table(task: Task,  # a label task

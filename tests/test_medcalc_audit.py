@@ -60,7 +60,7 @@ def test_clinical_is_the_default_of_compute():
     assert (compute(21, e).answer, compute(21, e, convention="medcalc_v1").answer) == (9, 12)   # v1.0 adds the verbal response twice
     with pytest.raises(ValueError, match="medcalc_v1"): compute(21, e, convention="mdcalc")
     declared = {cid for cid, spec in CALCULATORS.items() if spec.conventions == CONVENTIONS}
-    assert declared == {2, 3, 7, 13, 15, 17, 21, 23, 27, 28, 32, 36, 43, 46, 51}
+    assert declared == {2, 3, 7, 13, 15, 17, 21, 23, 27, 28, 29, 32, 36, 43, 46, 51}
     assert all(spec.conventions in (("clinical",), CONVENTIONS) for spec in CALCULATORS.values())
 
 

@@ -14,7 +14,8 @@ from .base import CALCULATORS, CONVENTIONS, check_convention, compute
 from ..io import read_csv_checked
 
 # %% auto #0
-__all__ = ['CATEGORY_ALIASES', 'normalize_category', 'parse_gestational_age', 'agrees', 'audit_rows', 'summarize', 'audit_csv']
+__all__ = ['CATEGORY_ALIASES', 'GOLD_MODES', 'GOLD_COLUMNS', 'normalize_category', 'parse_gestational_age', 'agrees',
+           'audit_rows', 'summarize', 'audit_csv', 'check_gold', 'answer_text', 'apply_gold']
 
 # %% ../../nbs/03c_medcalc_audit.ipynb #3aac2faa
 CATEGORY_ALIASES = {"lab test": "lab", "dosage conversion": "dosage"}  # train-split spellings -> test spellings
@@ -164,3 +165,84 @@ def audit_csv(csv_path: str | Path,                 # a MedCalc-Bench CSV (test 
         with open(out, "w", encoding="utf-8") as f:
             for r in recs: f.write(json.dumps(r, ensure_ascii=False) + "\n")
     return summarize(recs)
+
+# %% ../../nbs/03c_medcalc_audit.ipynb #7dd4db10
+GOLD_MODES = ("original", "recomputed", "relabeled", "drop_disputed")
+GOLD_COLUMNS = ("Original Ground Truth Answer", "Original Lower Limit", "Original Upper Limit", "Corrected Ground Truth Answer",
+                "Corrected Lower Limit", "Corrected Upper Limit", "Label Status")  # added by `apply_gold`
+
+def check_gold(gold: str) -> str:
+    "`gold` if it is one of GOLD_MODES, else ValueError listing them."
+    if gold not in GOLD_MODES: raise ValueError(f"unknown gold {gold!r}; expected one of {GOLD_MODES}")
+    return gold
+
+def answer_text(answer, output_type: str) -> str:
+    "A computed answer written as the CSV writes its gold: `'12'`, `'25.238'`, `'09/03/2014'`, `\"('4 weeks', '3 days')\"`."
+    if isinstance(answer, (tuple, list)): return f"('{int(answer[0])} weeks', '{int(answer[1])} days')"
+    if output_type == "date": return _date(answer).strftime("%m/%d/%Y")
+    if output_type == "integer": return str(int(math.floor(float(answer) + 0.5)))
+    return f"{float(answer):.3f}".rstrip("0").rstrip(".")
+
+def _limits_for(ans: str, output_type: str) -> tuple[str, str]:
+    "MedCalc-Bench's limits for an answer: +-5 % for decimals, the answer itself otherwise."
+    if output_type != "decimal" or ans.strip().startswith("("): return ans, ans
+    lo, hi = sorted((float(ans) * 0.95, float(ans) * 1.05))
+    return f"{lo:.6g}", f"{hi:.6g}"
+
+def _relabel_frame(path, encoding: str = "utf-8") -> dict[int, tuple]:
+    "Row Number -> (answer, lower, upper) of a relabel CSV; answer None where the relabel leaves the row without one."
+    df = read_csv_checked(path, encoding, dtype=str, keep_default_na=False)
+    missing = {"Unique ID", "Ground Truth Answer"} - set(df.columns)
+    if missing: raise ValueError(f"{path}: relabel CSV lacks columns {sorted(missing)}")
+    out = {}
+    for i, r in enumerate(df.to_dict("records")):
+        uid = str(r["Unique ID"]).strip()
+        if not uid.isdigit(): raise ValueError(f"{path}: data row {i + 1}: Unique ID {uid!r} is not a row number")
+        a = str(r["Ground Truth Answer"]).strip()
+        out[int(uid)] = (a or None, str(r.get("Lower Limit", "")).strip(), str(r.get("Upper Limit", "")).strip())
+    return out
+
+def apply_gold(df: pd.DataFrame,                 # a MedCalc-Bench frame (strings; test or train format)
+               gold: str = "original",           # one of GOLD_MODES
+               relabel_csv: str | Path | None = None, # external relabel CSV (`Unique ID`, `Ground Truth Answer`, limits); needed by 'relabeled'
+               encoding: str = "utf-8",          # text encoding of the relabel CSV
+              ) -> pd.DataFrame:
+    "A copy of `df` whose gold columns follow `gold`, with the original and corrected labels and a `Label Status` per row."
+    check_gold(gold)
+    if gold == "relabeled" and not relabel_csv: raise ValueError("gold='relabeled' needs relabel_csv (a relabelled MedCalc CSV)")
+    rel = _relabel_frame(relabel_csv, encoding) if relabel_csv else {}
+    out = df.copy()
+    cols = {c: [] for c in GOLD_COLUMNS}
+    act = {"Ground Truth Answer": [], "Lower Limit": [], "Upper Limit": [], "Ground Truth Explanation": []}
+    for i, r in enumerate(df.to_dict("records")):
+        ans, lo, hi, otype = (str(r[c]).strip() for c in ("Ground Truth Answer", "Lower Limit", "Upper Limit", "Output Type"))
+        expl = r.get("Ground Truth Explanation", "")
+        rn = str(r.get("Row Number", "")).strip()
+        row = int(rn) if rn.isdigit() else None
+        try:   # the clinical recomputation from the row's entities (None when it cannot be made)
+            res = compute(int(r["Calculator ID"]), ast.literal_eval(r["Relevant Entities"]), convention="clinical")
+            rec = answer_text(res.answer, otype); rec_ok = agrees(res.answer, ans, lo, hi, otype)
+        except Exception: res, rec, rec_ok = None, None, None
+        r_ans, r_lo, r_hi = rel.get(row, (False, "", "")) if row is not None else (False, "", "")
+        if r_ans:
+            try:
+                ga = r_ans.startswith("(")
+                r_ok = agrees(parse_gestational_age(r_ans) if ga else r_ans, ans, lo, hi, otype)
+            except (ValueError, SyntaxError): r_ok = False
+            if otype != "decimal" or ga: r_lo = r_hi = r_ans
+            elif not (r_lo and r_hi): r_lo, r_hi = _limits_for(r_ans, otype)
+        disputed = rec_ok is False or r_ans is None or (bool(r_ans) and not r_ok)
+        status = "disputed" if disputed else ("unaudited" if rec_ok is None and not r_ans else "agree")
+        if gold == "relabeled":  # the relabel where it gives an answer; no usable gold where it gives none; else the original
+            c_ans, c_lo, c_hi, c_expl = (r_ans, r_lo, r_hi, expl) if r_ans else ("", "", "", expl) if r_ans is None else (ans, lo, hi, expl)
+            try:
+                if r_ans and res is not None and _agrees_relabel(res.answer, r_ans, otype): c_expl = res.explanation
+            except (ValueError, SyntaxError): pass
+        elif rec_ok is False: c_ans, (c_lo, c_hi), c_expl = rec, _limits_for(rec, otype), res.explanation
+        else: c_ans, c_lo, c_hi, c_expl = ans, lo, hi, expl
+        a_ans, a_lo, a_hi, a_expl = {"original": (ans, lo, hi, expl), "drop_disputed": ("", "", "", expl) if disputed else (ans, lo, hi, expl)
+                                     }.get(gold, (c_ans, c_lo, c_hi, c_expl))
+        for k, v in zip(GOLD_COLUMNS, (ans, lo, hi, c_ans, c_lo, c_hi, status)): cols[k].append(v)
+        for k, v in zip(act, (a_ans, a_lo, a_hi, a_expl)): act[k].append(v)
+    for k, v in {**act, **cols}.items(): out[k] = v
+    return out

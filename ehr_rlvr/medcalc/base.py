@@ -10,8 +10,8 @@ from typing import Callable
 
 # %% auto #0
 __all__ = ['CATEGORIES', 'OUTPUT_TYPES', 'CONVENTIONS', 'CALCULATORS', 'ANALYTES', 'check_convention', 'v1_note', 'CalcResult',
-           'CalculatorSpec', 'MissingEntity', 'calculator', 'compute', 'analyte_of', 'convert', 'round_v1',
-           'convert_v1', 'quantity', 'flag', 'text', 'is_female', 'fmt']
+           'CalculatorSpec', 'MissingEntity', 'calculator', 'not_mentioned', 'compute', 'analyte_of', 'convert',
+           'round_v1', 'convert_v1', 'quantity', 'flag', 'text', 'is_female', 'fmt']
 
 # %% ../../nbs/03_medcalc_base.ipynb #77d0e167
 CATEGORIES = ("lab", "physical", "risk", "severity", "diagnosis", "date", "dosage")
@@ -75,12 +75,29 @@ def calculator(calc_id: int,     # MedCalc-Bench `Calculator ID`
         return fn
     return deco
 
+_NOT_MENTIONED = "not mentioned"
+
+def _edits(a: str, b: str) -> int:
+    "Levenshtein distance between two short strings."
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1): cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+def not_mentioned(v) -> bool:
+    "Whether an entity value says the note does not give it: 'Not mentioned', or a misspelling within two edits ('Not mentinoed')."
+    if not isinstance(v, str) or not 10 <= len(v.strip()) <= 20: return False
+    return _edits(" ".join(v.lower().split()), _NOT_MENTIONED) <= 2
+
 def compute(calc_id: int,                # MedCalc-Bench `Calculator ID`
             entities: dict,              # parsed `Relevant Entities`
             convention: str = "clinical", # one of CONVENTIONS: 'clinical' (published definition) or 'medcalc_v1' (v1.0 reference code)
            ) -> CalcResult:
     "Run calculator `calc_id` on `entities` under `convention`."
     check_convention(convention)
+    entities = {k: v for k, v in entities.items() if not not_mentioned(v)}  # 'Not mentioned' (or a typo of it) = absent
     try: spec = CALCULATORS[int(calc_id)]
     except KeyError: raise KeyError(f"no calculator registered with id {calc_id}") from None
     try: return spec.fn(entities, convention=convention) if len(spec.conventions) > 1 else spec.fn(entities)
@@ -143,11 +160,14 @@ _TEMPS = {"c": "C", "°c": "C", "celsius": "C", "celsisus": "C", "degrees celsiu
           "degree fahrenheit": "F", "kelvin": "K"}
 _BARE_COUNT_VOLUMES = {"µl": "/µl", "ul": "/µl", "l": "/l", "mm^3": "/mm^3", "m^3": "/mm^3", "ml": "/ml", "dl": "/dl"}
 
+_UNIT_TYPOS = {"mc/kg/min": "mcg/kg/min", "mcg/kg/mins": "mcg/kg/min", "mcq/kg/min": "mcg/kg/min"}  # misspelled units of real rows
+
 def _norm(u: str) -> str:
     u = u.strip().lower().replace("μ", "µ").replace("mm hg", "mmhg").replace("³", "^3").replace("²", "^2")
     u = re.sub(r"\s+per\s+", "/", u); u = re.sub(r"^per\s+", "/", u)
     u = u.replace("bpm", "beats/min").replace("×", "x")
-    return re.sub(r"\s+", "", u)
+    u = re.sub(r"\s+", "", u)
+    return _UNIT_TYPOS.get(u, u)
 
 def _parse(unit: str) -> tuple[float, tuple]:
     "Scale factor and dimension vector of a (non-temperature) unit string."

@@ -17,7 +17,7 @@ from .verify import to_number
 
 # %% auto #0
 __all__ = ['MEDCALC_COLUMNS', 'CATEGORY_ALIASES', 'OUTPUT_TYPES', 'HUB_ID', 'PROMPT_STYLES', 'EHRMIND_SYSTEM', 'EHRMIND_USER',
-           'COMPACT_SYSTEM', 'COMPACT_USER', 'validate_medcalc_frame', 'read_medcalc_csv', 'load_medcalc',
+           'COMPACT_SYSTEM', 'COMPACT_USER', 'GOLD_KEYS', 'validate_medcalc_frame', 'read_medcalc_csv', 'load_medcalc',
            'build_prompt', 'note_groups', 'medcalc_rows']
 
 # %% ../../nbs/03d_medcalc_data.ipynb #1b3c26c2
@@ -165,24 +165,33 @@ def note_groups(df:pd.DataFrame, # a validated MedCalc frame
     return [find(k).split(":", 1)[1] for k in keys]
 
 # %% ../../nbs/03d_medcalc_data.ipynb #e4011b73
+GOLD_KEYS = {"original_answer": "Original Ground Truth Answer", "original_lower": "Original Lower Limit",
+             "original_upper": "Original Upper Limit", "corrected_answer": "Corrected Ground Truth Answer",
+             "corrected_lower": "Corrected Lower Limit", "corrected_upper": "Corrected Upper Limit", "label_status": "Label Status"}
+
 def medcalc_rows(df:pd.DataFrame, # a MedCalc frame (validated here again)
                  style:str="ehrmind", # prompt style, see `build_prompt`
                  id_prefix:str="medcalc", # row ids are f"{id_prefix}-{Row Number}"
                  split:str="", # value of the `split` column (set later by `ehr_rlvr.tasks.split_by_group`)
                  task_name:str="medcalc", # value of the `task` column
                 ) -> "datasets.Dataset":
-    "Self-describing rows (prompt, ground_truth, task, id, group_id, split + MedCalc columns) as a `datasets.Dataset`."
+    "Self-describing rows (prompt, ground_truth with the original and corrected gold, task, id, group_id, split + MedCalc columns) as a `datasets.Dataset`."
     import datasets
+    src = df.reset_index(drop=True)
     df = validate_medcalc_frame(df)
     groups = note_groups(df)
+    extra = {k: (src[c].map(lambda v: "" if v is None else str(v).strip()).tolist() if c in src.columns else None)
+             for k, c in GOLD_KEYS.items()}  # the gold columns `audit.apply_gold` adds (else: the label is the only gold)
     rows = {k: [] for k in ("prompt", "ground_truth", "task", "id", "group_id", "split", "calculator_id",
                             "calculator_name", "category", "output_type", "note_id", "note_type", "row_number",
                             "explanation")}
-    for r, g in zip(df.to_dict("records"), groups):
+    for j, (r, g) in enumerate(zip(df.to_dict("records"), groups)):
         rows["prompt"].append(build_prompt(r["Patient Note"], r["Question"], style))
-        rows["ground_truth"].append({"answer": r["Ground Truth Answer"].strip(), "lower": r["Lower Limit"].strip(),
-                                     "upper": r["Upper Limit"].strip(), "output_type": r["Output Type"],
-                                     "calculator_id": str(r["Calculator ID"])})
+        gt = {"answer": r["Ground Truth Answer"].strip(), "lower": r["Lower Limit"].strip(),
+              "upper": r["Upper Limit"].strip(), "output_type": r["Output Type"], "calculator_id": str(r["Calculator ID"])}
+        same = {"original_answer": gt["answer"], "original_lower": gt["lower"], "original_upper": gt["upper"],
+                "corrected_answer": gt["answer"], "corrected_lower": gt["lower"], "corrected_upper": gt["upper"], "label_status": "unaudited"}
+        rows["ground_truth"].append(gt | {k: (v[j] if v is not None else same[k]) for k, v in extra.items()})
         rows["task"].append(task_name); rows["id"].append(f"{id_prefix}-{r['Row Number']}")
         rows["group_id"].append(g); rows["split"].append(split)
         rows["calculator_id"].append(int(r["Calculator ID"])); rows["calculator_name"].append(r["Calculator Name"])

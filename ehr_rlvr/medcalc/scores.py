@@ -48,14 +48,25 @@ def _norm(s: str) -> str:
     "Lower-case, single-spaced text without hyphens, for matching categorical entities ('Non-specific' = 'nonspecific')."
     return " ".join(str(s).lower().replace("-", "").split())
 
-def _choice(e: dict, key: str, options: dict[str, float], default: str) -> tuple[str, float]:
-    "Points of a categorical entity (matched case-insensitively); `default` option when the note does not give it."
+def _choice(e: dict, key: str, options: dict[str, float], default: str,
+            aliases: dict[str, str] | None = None, # other spellings of an option ('Grade 0' -> 'No Encephalopathy')
+           ) -> tuple[str, float]:
+    "Points of a categorical entity (matched case-insensitively, or by an alias); `default` option when the note does not give it."
     raw = e.get(key)
     if raw is None: return f"not mentioned, assumed '{default}'", options[default]
     opts = {_norm(k): (k, v) for k, v in options.items()}
+    opts |= {_norm(a): (f"{k} (written {raw!r})", options[k]) for a, k in (aliases or {}).items()}
     if _norm(raw) not in opts: raise ValueError(f"entity {key!r}: unknown value {raw!r}; expected one of {list(options)}")
     k, v = opts[_norm(raw)]
     return k, v
+
+def _choice_v1(t, e: dict, key: str, options: dict[str, float], default: str) -> tuple[str, float]:
+    "A categorical entity as MedCalc-Bench v1.0's reference code scores it: the exact spelling of an option, else nothing (0)."
+    raw = e.get(key)
+    if raw is None: return f"not mentioned, assumed '{default}'", options[default]
+    if raw in options: return raw, options[raw]
+    t.quirk(f"{key} {raw!r} matches no option spelled as the reference code spells it ({', '.join(map(repr, options))}) and scores 0")
+    return f"{raw!r} (no exact match)", 0
 
 def _truthy(v) -> bool:
     "A boolean entity, or a categorical one whose value is not a 'none' grade."
@@ -357,12 +368,18 @@ def gcs(e: dict, # parsed `Relevant Entities` of a MedCalc-Bench row
     return t.result()
 
 # %% ../../nbs/03b_medcalc_scores.ipynb #fc0521b9
+_ASCITES_ALIASES = {"none": "absent", "no": "absent", "no ascites": "absent", "mild": "slight", "small": "slight",
+                    "severe": "moderate", "large": "moderate", "tense": "moderate", "moderate to severe": "moderate"}
+_ENCEPHALOPATHY_ALIASES = {"none": "No Encephalopathy", "absent": "No Encephalopathy", "no": "No Encephalopathy",
+                           "grade 0": "No Encephalopathy", "grade 1": "Grade 1-2", "grade 2": "Grade 1-2", "grade 3": "Grade 3-4",
+                           "grade 4": "Grade 3-4", "grade 1 2": "Grade 1-2", "grade 3 4": "Grade 3-4"}
+
 @calculator(calc_id=15, name="Child-Pugh Score for Cirrhosis Mortality", category="severity", output_type="integer",
             reference="Pugh RN et al. Br J Surg 1973;60:646-9")
 def child_pugh(e: dict, # parsed `Relevant Entities` of a MedCalc-Bench row
                convention: str = "clinical", # 'clinical' or 'medcalc_v1' (v1.0 reference code)
                ) -> CalcResult:
-    "Child-Pugh score for cirrhosis (Pugh et al., Br J Surg 1973); a missing criterion scores its normal 1 point."
+    "Child-Pugh score for cirrhosis (Pugh et al., Br J Surg 1973); a missing criterion scores its normal 1 point; common spellings of a grade are read."
     t = Tally("Child-Pugh score", convention=convention)
     bili, alb = _value(e, "Bilirubin", "mg/dL"), _value(e, "Albumin", "g/dL")
     if t.v1:  # v1.0 reference code: bilirubin bands <2 / 2<b<3 / >=3 (exactly 2.0 scores nothing), albumin <=2.8 scores 3,
@@ -384,9 +401,15 @@ def child_pugh(e: dict, # parsed `Relevant Entities` of a MedCalc-Bench row
     inr = e.get("international normalized ratio")
     t.band("INR (<1.7: +1, 1.7-2.3: +2, >2.3: +3)", None if inr is None else float(inr), "",
            lambda i: 1 if i < 1.7 else 2 if i <= 2.3 else 3, "not mentioned, assumed normal (<1.7)", 1)
-    if t.v1: t.add("Ascites", "not scored", 0); t.quirk("ascites is never scored")  # v1.0 reference code never scores ascites
-    else: t.add("Ascites", *_choice(e, "Ascites", {"absent": 1, "slight": 2, "moderate": 3}, "absent"))
-    t.add("Encephalopathy", *_choice(e, "Encephalopathy", {"No Encephalopathy": 1, "Grade 1-2": 2, "Grade 3-4": 3}, "No Encephalopathy"))
+    if t.v1:  # v1.0 reference code: the exact spellings 'Absent'/'Slight'/'Moderate' score, a missing ascites scores +1 (assumed
+              # absent), and any other spelling, such as the CSV's own lower-case 'absent'/'slight', scores nothing
+        t.add("Ascites (v1.0: exact spellings only)", *_choice_v1(t, e, "Ascites", {"Absent": 1, "Slight": 2, "Moderate": 3}, "Absent"))
+        t.add("Encephalopathy (v1.0: exact spellings only)",
+              *_choice_v1(t, e, "Encephalopathy", {"No Encephalopathy": 1, "Grade 1-2": 2, "Grade 3-4": 3}, "No Encephalopathy"))
+    else:
+        t.add("Ascites", *_choice(e, "Ascites", {"absent": 1, "slight": 2, "moderate": 3}, "absent", _ASCITES_ALIASES))
+        t.add("Encephalopathy", *_choice(e, "Encephalopathy", {"No Encephalopathy": 1, "Grade 1-2": 2, "Grade 3-4": 3},
+                                         "No Encephalopathy", _ENCEPHALOPATHY_ALIASES))
     return t.result()
 
 # %% ../../nbs/03b_medcalc_scores.ipynb #ebd7d773
@@ -437,9 +460,10 @@ def curb65(e: dict, # parsed `Relevant Entities` of a MedCalc-Bench row
 @calculator(calc_id=29, name="PSI Score: Pneumonia Severity Index for CAP", category="severity", output_type="integer",
             reference="Fine MJ et al. N Engl J Med 1997;336:243-50")
 def psi(e: dict, # parsed `Relevant Entities` of a MedCalc-Bench row
+        convention: str = "clinical", # 'clinical' or 'medcalc_v1' (v1.0 reference code)
         ) -> CalcResult:
     "Pneumonia Severity Index / PORT score (Fine et al., NEJM 1997); missing findings count as normal."
-    t = Tally("PSI score")
+    t = Tally("PSI score", convention=convention)
     age, female = quantity(e, "age", "years"), is_female(e)
     t.add("Age (points = years)", f"{fmt(age)} years", age)
     t.add("Sex (female: -10)", "female" if female else "male", -10 if female else 0)
@@ -452,7 +476,10 @@ def psi(e: dict, # parsed `Relevant Entities` of a MedCalc-Bench row
     t.flag(e, "Altered mental status", 20, "Altered mental status")
     t.band("Respiratory rate >= 30", _value(e, "respiratory rate", "breaths per minute"), "breaths/min", lambda r: 20 if r >= 30 else 0)
     t.band("Systolic BP < 90", _value(e, "Systolic Blood Pressure", "mm Hg"), "mm Hg", lambda s: 20 if s < 90 else 0)
-    t.band("Temperature < 35 or >= 40 °C", _value(e, "Temperature", "degrees celsius"), "°C", lambda c: 15 if c < 35 or c >= 40 else 0)
+    if t.v1:  # v1.0 reference code: a unit not spelled exactly 'degrees celsius' (e.g. 'degrees celsisus') is read as °F, high band > 39.9
+        t.band("Temperature < 35 or > 39.9 °C (v1.0 bands)", _temperature(t, e), "°C", lambda c: 15 if c < 35 or c > 39.9 else 0)
+    else:
+        t.band("Temperature < 35 or >= 40 °C", _value(e, "Temperature", "degrees celsius"), "°C", lambda c: 15 if c < 35 or c >= 40 else 0)
     t.band("Pulse >= 125", _value(e, "Heart Rate or Pulse", "beats per minute"), "bpm", lambda hr: 10 if hr >= 125 else 0)
     ph = e.get("pH")
     t.band("pH < 7.35", None if ph is None else float(ph), "", lambda p: 30 if p < 7.35 else 0)

@@ -19,7 +19,7 @@ __all__ = ['AGE', 'SEX', 'WEIGHT', 'HEIGHT', 'CREAT', 'SODIUM', 'CHLORIDE', 'BIC
            'CHILD_HISTORY', 'HISTORY_EXTRAS', 'SENTENCE_EXTRAS', 'SENTENCE_COLLIDES', 'ADULT_ONLY', 'ONSET_KEYS', 'HPI',
            'HPI_VISIT', 'EXAM', 'PLAN', 'COLUMNS', 'Num', 'Flag', 'Choice', 'Date', 'Drug', 'lin', 'NoteSpec',
            'sample_entities', 'write_note', 'missing_mentions', 'gold_strings', 'supported_calculators',
-           'generate_notes', 'save_notes', 'check_row', 'drop_criterion', 'misapply_notes']
+           'generate_notes', 'save_notes', 'check_row', 'drop_criterion', 'misapply_notes', 'corrupt_labels']
 
 # %% ../../nbs/03e_medcalc_synthetic.ipynb #08c99b77
 import importlib
@@ -869,4 +869,44 @@ def misapply_notes(df: pd.DataFrame,            # frame from `generate_notes`
         gold, lo, hi = gold_strings(ans, r["Output Type"])
         out.loc[i, ["Ground Truth Explanation", "Ground Truth Answer", "Lower Limit", "Upper Limit", "Note Type"]] = \
             [expl, gold, lo, hi, f"Synthetic, misapplied (without {crit[cid]})"]
+    return out
+
+# %% ../../nbs/03e_medcalc_synthetic.ipynb #27a86faa
+def _wrong_answer(answer: str, output_type: str, rng: random.Random):
+    "A plausible wrong value for a gold answer string."
+    s = answer.strip()
+    if s.startswith("("):
+        w, d = (int(x) for x in re.findall(r"\d+", s)[:2])
+        return (max(0, w + rng.choice([-1, 1]) * rng.randint(1, 4)) if w > 4 else w + rng.randint(1, 4), d)
+    if output_type == "date":
+        d0 = dt.datetime.strptime(s, "%m/%d/%Y") + dt.timedelta(days=rng.choice([-1, 1]) * rng.randint(7, 60))
+        return d0.strftime("%m/%d/%Y")
+    x = float(s)
+    if output_type == "integer": return int(round(x)) + rng.choice([-3, -2, -1, 1, 2, 3])
+    y = x * (1 + rng.choice([-1, 1]) * rng.uniform(0.25, 0.6))
+    return round(y if abs(y - x) > 1e-9 else x + 1.0, 3)
+
+def corrupt_labels(df: pd.DataFrame,  # MedCalc-Bench-schema rows, e.g. from `generate_notes`
+                   rate: float,       # share of the eligible rows whose gold is made wrong
+                   seed: int = 0,     # which rows, and which wrong values
+                   eligible=None,     # boolean mask (a list of bools) or Row Numbers of the rows that may be corrupted; None: all
+                  ) -> pd.DataFrame:
+    "A copy of `df` with a `rate` share of wrong gold labels (answer, limits, the explanation's final value); Note Type says which."
+    _rate("label noise rate", rate)
+    out, rng = df.copy(), random.Random(f"{seed}:corrupt")
+    if eligible is None: ok = [True] * len(df)
+    elif isinstance(eligible, (set, frozenset)) or (isinstance(eligible, (list, tuple)) and not all(isinstance(x, bool) for x in eligible)):
+        want = {int(x) for x in eligible}; ok = [int(x) in want for x in df["Row Number"]]
+    else: ok = list(eligible)
+    if len(ok) != len(df): raise ValueError(f"corrupt_labels: eligible has {len(ok)} entries for {len(df)} rows")
+    for (i, r), may in zip(out.iterrows(), ok):
+        if not may or rng.random() >= rate: continue
+        old = str(r["Ground Truth Answer"])
+        try: new = _wrong_answer(old, r["Output Type"], rng)
+        except (ValueError, TypeError) as e: raise ValueError(f"corrupt_labels: Row Number {r['Row Number']}: cannot read gold {old!r}: {e}") from None
+        gold, lo, hi = gold_strings(new, r["Output Type"])
+        lines = str(r["Ground Truth Explanation"]).split("\n")
+        lines[-1] = re.sub(r"-?\d+(?:\.\d+)?(?=\.?\s*$)", gold, lines[-1]) if not gold.startswith("(") else lines[-1]
+        out.loc[i, ["Ground Truth Answer", "Lower Limit", "Upper Limit", "Ground Truth Explanation", "Note Type"]] = \
+            [gold, lo, hi, "\n".join(lines), f"{r['Note Type']} (label corrupted)"]
     return out

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 from ..tasks import Task, check_rows, register_task, split_by_group
 from ..rewards import Parsed, format_completion, parse_completion
-from .verify import gold_answer_value, parse_gold, score_completion
+from .verify import PROTOCOLS, check_protocol, gold_answer_value, parse_gold, score_completion
+from .audit import GOLD_MODES, apply_gold, check_gold
 from .data import _text_key, load_medcalc, medcalc_rows
 
 # %% auto #0
@@ -31,8 +32,23 @@ class MedCalcTask(Task):
               "calculator_ids": [5, 6, 39, 45], "n_per_calculator": 20, "unit_conversion_rate": 0.3,
               "missing_value_rate": 0.0, "distractor_rate": 0.5, "note_style": "short",
               "knowledge_calculator_ids": [5, 45], "pretrain_notes_per_calculator": 16, "misapplied": [],
-              "misapplied_rate": 0.5}
-    PARAM_TYPES = {"source": (str, os.PathLike, pd.DataFrame), "test_source": (str, os.PathLike, pd.DataFrame)}
+              "misapplied_rate": 0.5, "gold": "original", "relabel_csv": "", "label_noise_rate": 0.0, "protocol": "strict"}
+    PARAM_TYPES = {"source": (str, os.PathLike, pd.DataFrame), "test_source": (str, os.PathLike, pd.DataFrame),
+                   "relabel_csv": (str, os.PathLike)}
+    views = tuple(f"{p}/{g}" for p in PROTOCOLS for g in ("original", "corrected"))  # what `score_views` reports
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        check_gold(self.params["gold"]); check_protocol(self.params["protocol"])
+        if not 0.0 <= float(self.params["label_noise_rate"]) <= 1.0:
+            raise ValueError(f"medcalc: label_noise_rate must lie in [0, 1], got {self.params['label_noise_rate']!r}")
+
+    def _gold(self, df:pd.DataFrame, p:dict, noisy=None, seed:int=0) -> pd.DataFrame:
+        "The frame with `label_noise_rate` of the `noisy` rows corrupted, then `gold` applied (`audit.apply_gold`)."
+        if float(p["label_noise_rate"]) > 0:
+            from ehr_rlvr.medcalc.synthetic import corrupt_labels
+            df = corrupt_labels(df, float(p["label_noise_rate"]), seed, eligible=noisy)
+        return apply_gold(df, p["gold"], p["relabel_csv"] or None)
 
     def build_splits(self, out_dir=None, seed:int=0, style:str="compact", val_frac:float=0.1, test_frac:float=0.1,
                      **params) -> "datasets.DatasetDict":
@@ -50,7 +66,11 @@ class MedCalcTask(Task):
             raise ValueError("medcalc: source must be 'synthetic', a MedCalc CSV path, a DataFrame or a hub id")
         data = load_medcalc(src, p["source_split"])
         prefix = p["id_prefix"]
+        check_gold(p["gold"]); check_protocol(p["protocol"])
         if p["test_source"] is None or (isinstance(p["test_source"], str) and not p["test_source"]):
+            # the split depends on the notes only, so it is the same before and after the labels change; test labels stay clean
+            test_rn = set(split_by_group(medcalc_rows(data, style, prefix), val_frac, test_frac, seed)["test"]["row_number"])
+            data = self._gold(data, p, [int(x) not in test_rn for x in data["Row Number"]], seed)
             dd = split_by_group(medcalc_rows(data, style, prefix), val_frac, test_frac, seed)
         else:
             tst = load_medcalc(p["test_source"], "test")
@@ -59,15 +79,17 @@ class MedCalcTask(Task):
             if any(leak):
                 warnings.warn(f"medcalc: dropped {sum(leak)} of {len(data)} train/val rows whose note is in the test set")
                 data = data[~np.array(leak)]
-            trval = split_by_group(medcalc_rows(data, style, prefix), val_frac, 0.0, seed)
-            test = medcalc_rows(tst, style, f"{prefix}-test", split="test")
+            trval = split_by_group(medcalc_rows(self._gold(data, p, None, seed), style, prefix), val_frac, 0.0, seed)
+            test = medcalc_rows(self._gold(tst, {**p, "label_noise_rate": 0.0}), style, f"{prefix}-test", split="test")
             dd = datasets.DatasetDict({"train": trval["train"], "val": trval["val"], "test": test})
         for s in dd: check_rows(dd[s], self.name)
         return dd
 
     def load_rows(self, data, style:str="ehrmind", encoding:str="utf-8", **params) -> "datasets.Dataset":
-        "All rows of one MedCalc CSV / frame / hub id, unsplit."
-        return medcalc_rows(load_medcalc(data, encoding=encoding), style, params.get("id_prefix", "medcalc"))
+        "All rows of one MedCalc CSV / frame / hub id, unsplit, with the task's `gold` applied."
+        p = self.params
+        df = apply_gold(load_medcalc(data, encoding=encoding), p["gold"], p["relabel_csv"] or None, encoding)
+        return medcalc_rows(df, style, params.get("id_prefix", "medcalc"))
 
     def pretrain_rows(self, seed:int, style:str) -> "datasets.Dataset":
         "Gold-explanation rows of the taught calculators (`knowledge_calculator_ids`), with misapplied variants if asked."
@@ -89,8 +111,19 @@ class MedCalcTask(Task):
         return parse_completion(completion)
 
     def score(self, completion, ground_truth:dict) -> dict:
-        "Format verdict, correctness, reward (EHRMIND's 1.1 / 0.1 / -2) and prediction of one completion."
-        return score_completion(completion, ground_truth)
+        "Format verdict, correctness, reward (EHRMIND's 1.1 / 0.1 / -2) and prediction of one completion under the task's `protocol`."
+        return score_completion(completion, ground_truth, protocol=self.params["protocol"])
+
+    def score_views(self, completion, ground_truth:dict) -> dict[str, bool|None]:
+        "Correctness of one completion under each protocol against the original and the corrected gold (None: that gold is unusable)."
+        out = {}
+        for g in ("original", "corrected"):
+            gt = dict(ground_truth)
+            if f"{g}_answer" in gt: gt.update(answer=gt[f"{g}_answer"], lower=gt[f"{g}_lower"], upper=gt[f"{g}_upper"])
+            for proto in PROTOCOLS:
+                s = score_completion(completion, gt, protocol=proto)
+                out[f"{proto}/{g}"] = None if s["reason"] == "gold_unusable" or not self.gold_usable(gt) else bool(s["correct"])
+        return {v: out[v] for v in self.views}
 
     def gold_usable(self, ground_truth:dict) -> bool:
         "False when the gold answer is empty or `nan`, or the verifier cannot parse the gold (limits, integer, date)."

@@ -5,14 +5,17 @@
 # %% ../../nbs/03f_medcalc_verify.ipynb #d6de8364
 from __future__ import annotations
 import datetime as _dt
-import json, math, re
+import json, math, re, unicodedata
 from typing import Any, Callable
-from ..rewards import (MAX_ABS_VALUE, MAX_COMPLETION_CHARS, MAX_STR_VALUE, _as_list, _is_number, _per_item,
-                              format_completion, parse_completion)
+from ..rewards import (MAX_ABS_VALUE, MAX_COMPLETION_CHARS, MAX_STR_VALUE, Parsed, _TAG_RE, _as_list, _check_value,
+                              _is_number, _no_dup_keys, _per_item, _reject_constant, completion_text, format_completion,
+                              parse_completion, parse_tagged_object)
 
 # %% auto #0
-__all__ = ['GESTATIONAL_CALCULATOR_IDS', 'medcalc_reward', 'HACK_PROBES', 'to_number', 'to_date', 'to_gestational', 'parse_gold',
-           'score_medcalc', 'score_completion', 'get_medcalc_reward', 'gold_answer_value']
+__all__ = ['GESTATIONAL_CALCULATOR_IDS', 'PROTOCOLS', 'BENCH_KEYS', 'MAX_BENCH_STR', 'medcalc_reward', 'HACK_PROBES',
+           'STRICT_ONLY_PROBES', 'to_number', 'to_date', 'to_gestational', 'parse_gold', 'score_medcalc',
+           'check_protocol', 'parse_completion_bench', 'read_bench_value', 'score_completion', 'get_medcalc_reward',
+           'gold_answer_value']
 
 # %% ../../nbs/03f_medcalc_verify.ipynb #f4d33e3c
 _NUM_RE = re.compile(r"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*", re.ASCII)
@@ -92,6 +95,101 @@ def score_medcalc(pred, # a parsed answer VALUE (number, str, list) or None
     except Exception: return 0.0
     return None
 
+# %% ../../nbs/03f_medcalc_verify.ipynb #09f9ca52
+PROTOCOLS = ("strict", "medcalc-bench")  # the RL reward's format | MedCalc-Bench's published answer rules (evaluation)
+BENCH_KEYS = frozenset({"answer", "step_by_step_thinking"})  # keys of the benchmark's own JSON answer object
+MAX_BENCH_STR = 200   # longest answer string the medcalc-bench protocol reads
+_FENCE_RE = re.compile(r"\A\s*```(?:json)?\s*(.*?)\s*```\s*\Z", re.DOTALL | re.IGNORECASE)
+
+def check_protocol(protocol:str) -> str:
+    "`protocol` if it is one of PROTOCOLS, else ValueError listing them."
+    if protocol not in PROTOCOLS: raise ValueError(f"unknown scoring protocol {protocol!r}; expected one of {PROTOCOLS}")
+    return protocol
+
+def parse_completion_bench(completion, # str or chat-message list
+                           max_chars:int=MAX_COMPLETION_CHARS, # longer completions are malformed
+                          ) -> Parsed:
+    "The raw answer VALUE under the medcalc-bench protocol: EHRMIND's tag layout or the benchmark's JSON object; never raises."
+    try:
+        text = completion_text(completion)
+        if text is None: return Parsed(False, None, "not_text")
+        text = text[:max_chars + 1_000_000].rstrip()
+        if len(text) > max_chars: return Parsed(False, None, "too_long")
+        if _TAG_RE.search(text):  # tags used: exactly the strict layout (one think, one answer, nothing outside)
+            p = parse_tagged_object(text, max_chars)
+            if not p.format_ok: return p
+            obj = p.value
+        else:                     # the benchmark's prompts: {"step_by_step_thinking": ..., "answer": ...}, optionally fenced
+            m = _FENCE_RE.match(text)
+            body = (m.group(1) if m else text).strip()
+            if not body.startswith("{"): return Parsed(False, None, "no_answer_object")
+            try: obj = json.loads(body, parse_constant=_reject_constant, object_pairs_hook=_no_dup_keys)
+            except (ValueError, RecursionError, TypeError): return Parsed(False, None, "bad_json")
+            if not isinstance(obj, dict): return Parsed(False, None, "not_answer_object")
+        if "answer" not in obj or not set(obj) <= BENCH_KEYS: return Parsed(False, None, "not_answer_object")
+        v = obj["answer"]
+        if isinstance(v, str):
+            return Parsed(True, v, "ok") if 0 < len(v.strip()) <= MAX_BENCH_STR else Parsed(False, None, "bad_string")
+        why = _check_value(v)
+        return Parsed(False, None, why) if why else Parsed(True, v, "ok")
+    except Exception as e:
+        return Parsed(False, None, f"internal_{type(e).__name__}")
+
+# a number: optional sign, digits with optional thousands groups, fraction, exponent; not glued to a word ('m2', 'PaO2')
+_BN_NUM = re.compile(r"(?<![A-Za-z0-9_.^])(-?)((?:\d{1,3}(?:,\d{3})+(?![\d,])|\d+)(?:\.\d+)?|\.\d+)(?:[eE]([+-]?\d+))?(?![\d.]\d)", re.ASCII)
+_BN_SCI = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?)\s*[x×*·]\s*10\s*\^\s*\(?([+-]?\d+)\)?")          # 2.5 x 10^-3
+_BN_UNIT_DIGITS = re.compile(r"/\s*1\.73\s*(?:m\s*(?:\^\s*2|²|2)?)?", re.IGNORECASE)               # mL/min/1.73 m²
+_BN_HEDGE = re.compile(r"[<>≤≥±]|\+/-|\b(?:less|more|greater|fewer|higher|lower) than\b|\bat (?:least|most)\b|\bbetween\b"
+                       r"|\bnot\b|\bunknown\b|\bcannot\b|\bunable\b|\bn/a\b"
+                       r"|\b(?:str|round|eval|int|float|math|sqrt|min|max|pow|abs|exp|log)\s*\(", re.IGNORECASE)  # code, never evaluated
+_BN_DATE = re.compile(r"\A\D*?(?<!\d)(\d{1,2})/(\d{1,2})/(\d{4})(?!\d)\D*\Z")
+_BN_GA = [re.compile(p, re.IGNORECASE) for p in (
+    r"\A\D*?(\d+)\s*(?:weeks?|wks?|w)(?![a-z])\.?\s*(?:,|and|\+)?\s*(\d+)\s*(?:days?|d)(?![a-z])\.?[^\d]*\Z",  # 14 weeks 1 day, 14w1d
+    r"\A\s*[(\[]\s*(\d+)\s*(?:weeks?)?\s*,\s*(\d+)\s*(?:days?)?\s*[)\]]\s*\Z",                                # (14, 1), ['14 weeks', '1 days']
+    r"\A\D*?(\d+)\s*\+\s*(\d+)\s*(?:weeks?)?(?![a-z\d])[^\d]*\Z")]                                          # 14+1 weeks
+
+def _non_ascii_digit(s:str) -> bool: return any(not c.isascii() and unicodedata.category(c) == "Nd" for c in s)
+
+def _bench_number(s:str, kind:str) -> tuple[float|None, str]:
+    "The one number a free-text answer states (`'approximately 38 mL/min'`), or None and why not."
+    if _non_ascii_digit(s): return None, "non_ascii_digits"
+    if _BN_HEDGE.search(s): return None, "hedge_or_code"
+    sci = [float(m[1]) * 10.0 ** int(m[2]) for m in _BN_SCI.finditer(s)]
+    rest = _BN_UNIT_DIGITS.sub(" ", _BN_SCI.sub(" ", s))
+    if kind == "integer" and (m := re.fullmatch(r"\D*?(?<![\d.])(\d+)\s+out\s+of\s+\d+\D*", rest, re.IGNORECASE | re.ASCII)):
+        return float(m[1]), "ok"                                   # '3 out of 5' (the benchmark's rule)
+    found = []
+    for m in _BN_NUM.finditer(rest):
+        x = float(m[1] + m[2].replace(",", "") + (f"e{m[3]}" if m[3] else ""))
+        if kind == "decimal" and rest[m.end():].lstrip().startswith("%"): x /= 100   # '53.1%' -> 0.531 (the benchmark's rule)
+        found.append(x)
+    vals = sci + found
+    if not vals: return None, "no_number"
+    if len(vals) > 1: return None, "several_numbers"
+    v = vals[0]
+    return (v, "ok") if math.isfinite(v) and abs(v) <= MAX_ABS_VALUE else (None, "number_too_large")
+
+def read_bench_value(value, # the raw answer VALUE (from `parse_completion_bench`)
+                     kind:str, # the gold's kind: decimal | integer | date | gestational (`parse_gold`)
+                    ) -> tuple[Any, str]:
+    "`(normalised value, 'ok')` under MedCalc-Bench's answer rules, or `(None, why)`; never evaluates text."
+    if kind == "gestational":
+        if isinstance(value, list): return (value, "ok") if to_gestational(value) else (None, "bad_gestational_age")
+        if not isinstance(value, str) or _non_ascii_digit(value): return None, "bad_gestational_age"
+        s = value.replace("'", "").replace('"', "")
+        for rx in _BN_GA:
+            if m := rx.match(s): return [int(m[1]), int(m[2])], "ok"
+        return None, "bad_gestational_age"
+    if kind == "date":
+        if not isinstance(value, str) or _non_ascii_digit(value): return None, "bad_date"
+        m = _BN_DATE.match(value.strip())
+        if m is None: return None, "bad_date"
+        return (f"{int(m[1])}/{int(m[2])}/{m[3]}", "ok") if to_date(f"{m[1]}/{m[2]}/{m[3]}") else (None, "bad_date")
+    if _is_number(value):
+        v = to_number(value); return (v, "ok") if v is not None else (None, "bad_number")
+    if isinstance(value, str): return _bench_number(value, kind)
+    return None, f"bad_type_{type(value).__name__}"
+
 # %% ../../nbs/03f_medcalc_verify.ipynb #22575b98
 def score_completion(completion, # str or chat-message list
                      ground_truth, # the row's ground_truth dict
@@ -99,13 +197,24 @@ def score_completion(completion, # str or chat-message list
                      wrong:float=0.1, # reward for a well-formed wrong answer
                      malformed:float=-2.0, # reward for a format failure
                      max_chars:int=MAX_COMPLETION_CHARS, # longer completions are malformed
+                     protocol:str="strict", # 'strict' (the RL format) or 'medcalc-bench' (the benchmark's answer rules)
                     ) -> dict:
-    "`{'format_ok', 'correct', 'reward', 'pred', 'reason'}` for one completion; never raises."
+    "`{'format_ok', 'correct', 'reward', 'pred', 'reason'}` for one completion under `protocol`; never raises."
+    check_protocol(protocol)
     try:
-        p = parse_completion(completion, max_chars)
+        if protocol == "strict":
+            p = parse_completion(completion, max_chars)
+            value = p.value
+        else:
+            p = parse_completion_bench(completion, max_chars)
+            gold = parse_gold(ground_truth)
+            if p.format_ok and gold is not None:
+                value, why = read_bench_value(p.value, gold[0])
+                if value is None: p = Parsed(False, None, f"unreadable_{why}")
+            else: value = p.value
         if not p.format_ok: return {"format_ok": False, "correct": False, "reward": malformed, "pred": None, "reason": p.reason}
-        pred = json.dumps(p.value, ensure_ascii=False)
-        s = score_medcalc(p.value, ground_truth)
+        pred = json.dumps(value, ensure_ascii=False)
+        s = score_medcalc(value, ground_truth)
         if s is None: return {"format_ok": True, "correct": False, "reward": None, "pred": pred, "reason": "gold_unusable"}
         return {"format_ok": True, "correct": s == 1.0, "reward": correct if s == 1.0 else wrong, "pred": pred,
                 "reason": "correct" if s == 1.0 else "wrong"}
@@ -116,17 +225,18 @@ def get_medcalc_reward(correct:float=1.1, # correct answer
                        wrong:float=0.1, # well-formed, wrong answer (EHRMind's released code uses 0.0)
                        malformed:float=-2.0, # format failure
                        max_chars:int=MAX_COMPLETION_CHARS, # longer completions are malformed
+                       protocol:str="strict", # scoring protocol (training uses 'strict')
                       ) -> Callable:
     "TRL reward `medcalc_reward(completions, ground_truth, **kwargs) -> list[float|None]` with this scheme."
+    check_protocol(protocol)
     def medcalc_reward(completions, ground_truth=None, **kwargs) -> list[float|None]:
         "MedCalc reward: `correct` / `wrong` / `malformed` per completion; None where the gold is unusable."
         return _per_item(completions, ground_truth,
-                         lambda c, g: None if g is None else score_completion(c, g, correct, wrong, malformed, max_chars)["reward"])
-    medcalc_reward.scheme = {"correct": correct, "wrong": wrong, "malformed": malformed}
+                         lambda c, g: None if g is None else score_completion(c, g, correct, wrong, malformed, max_chars, protocol)["reward"])
+    medcalc_reward.scheme, medcalc_reward.protocol = {"correct": correct, "wrong": wrong, "malformed": malformed}, protocol
     return medcalc_reward
 
 medcalc_reward = get_medcalc_reward()
-
 
 # %% ../../nbs/03f_medcalc_verify.ipynb #7268431c
 def gold_answer_value(ground_truth) -> Any:
@@ -182,3 +292,6 @@ HACK_PROBES: dict[str, str] = {
     "empty": '',
     "unclosed answer": '<think>a</think><answer>{"answer": 25}',
 }
+
+# %% ../../nbs/03f_medcalc_verify.ipynb #16f379db
+STRICT_ONLY_PROBES = ("units in string",)  # malformed for the RL reward, a correct answer by MedCalc-Bench's rules
