@@ -12,8 +12,11 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import resource
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,10 +28,11 @@ from .core import (ConfigError, atomic_path, check_run_id, load_config, new_run_
                            update_manifest, write_manifest)
 
 # %% auto #0
-__all__ = ['RUNNER_PARAMS', 'LOG_PATTERNS', 'CROSS_SEED_STAGE', 'StageError', 'pipeline_dir', 'stage_parameters',
+__all__ = ['RUNNER_PARAMS', 'LOG_PATTERNS', 'LAUNCHER_KEYS', 'CROSS_SEED_STAGE', 'StageError', 'pipeline_dir', 'stage_parameters',
            'check_param_type', 'resolve_stages', 'code_digest', 'snapshot', 'output_hashes', 'stage_identity',
            'param_changes', 'why_rerun', 'read_record', 'write_record', 'discard_outputs', 'config_diff',
-           'orphan_kernels', 'run_stages', 'run_pipeline', 'run_seeds']
+           'orphan_kernels', 'check_launcher', 'load_run_config', 'notebook_script', 'launch_command', 'run_stages',
+           'run_pipeline', 'run_seeds']
 
 # %% ../nbs/10_pipeline.ipynb #3616646d
 class StageError(RuntimeError):
@@ -209,6 +213,9 @@ def stage_identity(stage: dict,  # from `resolve_stages`
     params = {k: v for k, v in stage["params"].items() if k not in ("run_dir", "stage_identity")}
     parts = {"notebook": stage["notebook"], "params": params, "code": code_digest(stage["path"], lib),
              "inputs": {str(p): _tree_digest(p) for p in _data_inputs(stage["params"], root)}, "upstream": upstream}
+    if stage.get("launcher"):  # how many processes, and how they shard the model, is part of what a stage ran on
+        cfg_file = Path(stage["launcher"]["config_file"])
+        parts["launcher"] = {**stage["launcher"], "config_sha256": sha256_file(cfg_file if cfg_file.is_absolute() else Path(root) / cfg_file)}
     return {"identity": _digest(parts)[:24], **parts}
 
 
@@ -236,6 +243,8 @@ def why_rerun(old: dict | None,  # the stage's record, None if it never started
     out = param_changes(old.get("params", {}), new["params"])
     if old.get("code") != new["code"]:
         out.append("code changed (stage notebook or library)")
+    if old.get("launcher") != new.get("launcher"):
+        out.append(f"launcher changed: {old.get('launcher')} -> {new.get('launcher')}")
     if old.get("inputs") != new["inputs"]:
         out.append("input data changed")
     up_old = old.get("upstream", {})
@@ -299,9 +308,12 @@ def config_diff(old: list[dict],  # resolved stages of the earlier invocation (`
     strip = lambda ps: {k: v for k, v in ps.items() if k not in ("run_dir", "stage_identity")}
     o, n = {s["name"]: strip(s["params"]) for s in old}, {s["name"]: strip(s["params"]) for s in new}
     out = [f"stage {s}: removed" for s in o if s not in n] + [f"stage {s}: added" for s in n if s not in o]
+    lo, ln = {s["name"]: s.get("launcher") for s in old}, {s["name"]: s.get("launcher") for s in new}
     for s in n:
         if s in o:
             out += [f"{s}.{line}" for line in param_changes(o[s], n[s])]
+            if lo[s] != ln[s]:
+                out.append(f"{s}.launcher: {lo[s]!r} -> {ln[s]!r}")
     if not out and [s["name"] for s in old] != [s["name"] for s in new]:
         out.append(f"stage order: {[s['name'] for s in old]} -> {[s['name'] for s in new]}")
     return out
@@ -349,6 +361,115 @@ def _claim(rdir: Path, rec: dict | None, name: str, log, grace: float = 10.0) ->
         except OSError:
             pass
 
+# %% ../nbs/10_pipeline.ipynb #50c2007c
+LAUNCHER_KEYS = ("config_file", "num_processes", "args")
+
+
+def check_launcher(launcher,  # a stage's `launcher:`: an accelerate config path, or {config_file, num_processes, args}
+                   where: str,  # config file and stage, for messages
+                   root: Path,  # project root (relative paths)
+                  ) -> dict:
+    "The launcher as `{config_file, num_processes, args}`; a `ConfigError` naming the stage for anything malformed."
+    spec = {"config_file": launcher} if isinstance(launcher, str) else launcher
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: launcher must be an accelerate config path or a mapping with {list(LAUNCHER_KEYS)}, got {launcher!r}")
+    if set(spec) - set(LAUNCHER_KEYS):
+        raise ConfigError(f"{where}: launcher has unknown keys {sorted(set(spec) - set(LAUNCHER_KEYS))} (allowed: {list(LAUNCHER_KEYS)})")
+    cfg_file, n, args = spec.get("config_file"), spec.get("num_processes"), spec.get("args", [])
+    if not isinstance(cfg_file, str) or not cfg_file:
+        raise ConfigError(f"{where}: launcher.config_file must name an accelerate config file (configs/accelerate/*.yaml)")
+    path = Path(cfg_file) if Path(cfg_file).is_absolute() else Path(root) / cfg_file
+    if not path.is_file():
+        raise ConfigError(f"{where}: launcher.config_file {cfg_file!r} not found (looked in {path})")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ConfigError(f"{where}: launcher.num_processes must be a positive integer, got {n!r}")
+    if not isinstance(args, list) or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in args):
+        raise ConfigError(f"{where}: launcher.args must be a list of command-line words, got {args!r}")
+    return {"config_file": cfg_file, "num_processes": n, "args": [str(a) for a in args]}
+
+
+def load_run_config(path: str | Path,  # YAML run recipe
+                    overrides: dict | None = None,  # as `load_config`'s
+                    root: Path | None = None,  # project root (launcher config paths)
+                   ) -> dict:
+    "`load_config`, plus each stage's optional `launcher:` (checked) kept in its stage entry."
+    import yaml
+    root = project_root(root)
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) if Path(path).exists() else None
+    except yaml.YAMLError:
+        raw = None  # load_config reports it
+    stages = (overrides or {}).get("stages", raw.get("stages") if isinstance(raw, dict) else None)
+    if not isinstance(stages, list):
+        return load_config(path, overrides)
+    launchers, plain = {}, []
+    for i, e in enumerate(stages):
+        if isinstance(e, dict) and "launcher" in e:
+            launchers[i] = e["launcher"]
+            e = {k: v for k, v in e.items() if k != "launcher"}
+        plain.append(e)
+    cfg = load_config(path, {**(overrides or {}), "stages": plain})
+    for i, launcher in launchers.items():
+        st = cfg["stages"][i]
+        st["launcher"] = check_launcher(launcher, f"{path}: stage {st['name']!r}", root)
+    return cfg
+
+
+def notebook_script(nb_path: str | Path,  # a prepared (parameterised) stage notebook
+                   ) -> str:
+    "The code cells of a notebook as one Python script; refuses IPython magics, which only a kernel runs."
+    nb = nbformat.read(str(nb_path), as_version=4)
+    parts = []
+    for i, c in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        bad = next((l for l in c.source.splitlines() if l.lstrip().startswith(("%", "!"))), None)
+        if bad is not None:
+            raise ConfigError(f"{nb_path}: code cell {i + 1} uses IPython syntax ({bad.strip()[:60]!r}), which a "
+                              "launched stage cannot run as a script")
+        parts.append(f"# %% cell {i + 1}\n{c.source}")
+    return "\n\n".join(parts) + "\n"
+
+
+def launch_command(launcher: dict,  # from `check_launcher`
+                   script: str | Path,  # the stage as a script
+                   root: Path,  # project root
+                  ) -> list[str]:
+    "The `accelerate launch` command line of a launched stage."
+    cfg_file = launcher["config_file"] if Path(launcher["config_file"]).is_absolute() else str(Path(root) / launcher["config_file"])
+    n = ["--num_processes", str(launcher["num_processes"])] if launcher.get("num_processes") else []
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", cfg_file, *n, *launcher.get("args", []), str(script)]
+
+
+def _launch_error_line(text: str) -> str:
+    "The most telling line of a failed launch's output: the first exception a stage process raised, else the last line."
+    lines = [re.sub(r"^\[rank\d+\]:\s*", "", l.strip()) for l in text.splitlines() if l.strip()]
+    launcher = ("ChildFailedError", "CalledProcessError")  # the launcher's own report that a process failed
+    exc = [l for l in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b", l) and not any(w in l for w in launcher)]
+    return (exc[:1] or lines[-1:] or ["(no output)"])[0][:300]
+
+
+def _execute_launched(st: dict, out_nb: Path, root: Path, rdir: Path) -> None:
+    "Run a stage as a script under `accelerate launch`: prepare with papermill, convert, launch, log; StageError on failure."
+    pm.execute_notebook(str(st["path"]), str(out_nb), parameters=st["params"], kernel_name="python3", prepare_only=True,
+                        progress_bar=False, cwd=str(root))
+    book = Path(rdir) / "stages"
+    book.mkdir(parents=True, exist_ok=True)
+    script, log_path = book / f"{st['name']}.launch.py", book / f"{st['name']}.launch.log"
+    script.write_text(notebook_script(out_nb))
+    cmd = launch_command(st["launcher"], script, root)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JPY_PARENT_PID": str(os.getpid())}  # a dead runner's processes are found like its kernels
+    with open(log_path, "w") as fh:
+        fh.write("$ " + " ".join(cmd) + "\n")
+        fh.flush()
+        rc = subprocess.run(cmd, cwd=str(root), env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+    nb = nbformat.read(str(out_nb), as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell(
+        f"**Launched stage.** This notebook ran as the script `stages/{script.name}` under `{' '.join(cmd[1:5])} ...` "
+        f"(launcher {json.dumps(st['launcher'])}), exit code {rc}; its output is in `stages/{log_path.name}`."))
+    nbformat.write(nb, str(out_nb))
+    if rc != 0:
+        raise StageError(f"Stage {st['name']!r} failed under accelerate launch (exit code {rc}): "
+                         f"{_launch_error_line(log_path.read_text(errors='replace'))}\nThe whole output: {log_path}")
+
 # %% ../nbs/10_pipeline.ipynb #9ef12afd
 def _fmt_s(s: float) -> str:
     m, s = divmod(int(s), 60)
@@ -366,6 +487,8 @@ def _now() -> str:
 
 
 def _execute(st: dict, out_nb: Path, root: Path, progress_bar: bool) -> None:
+    if st.get("launcher"):
+        return _execute_launched(st, out_nb, root, out_nb.parent)
     try:
         pm.execute_notebook(str(st["path"]), str(out_nb), parameters=st["params"], kernel_name="python3",
                             progress_bar=progress_bar, cwd=str(root), log_output=False)
@@ -462,7 +585,7 @@ def run_pipeline(config: str | Path,  # YAML run recipe
                 ) -> Path:
     "Run the stages of `config` with papermill into `runs/<run_id>/` (`seed-<s>/` per seed with `seeds`); returns it."
     root = project_root()
-    cfg = load_config(config, {"seed": seed} if seed is not None else None)
+    cfg = load_run_config(config, {"seed": seed} if seed is not None else None, root)
     seeds = list(seeds) if seeds else (cfg["seeds"] if seed is None else None)
     if seeds:
         return run_seeds(config, seeds, run_id=run_id, force=force, only=only, runs_root=runs_root, nbs=nbs, log=log,
@@ -480,7 +603,8 @@ def run_pipeline(config: str | Path,  # YAML run recipe
     if any(rdir.glob("seed-*/manifest.json")):
         raise ConfigError(f"run {run_id!r} ({rdir}) is a multi-seed run (it holds seed-<s>/ runs): rerun it with "
                           f"--seeds, or use another --run-id for a single-seed run")
-    plan = [{"name": s["name"], "notebook": s["notebook"], "params": s["params"]} for s in stages]
+    plan = [{"name": s["name"], "notebook": s["notebook"], "params": s["params"]} | ({"launcher": s["launcher"]} if s.get("launcher") else {})
+            for s in stages]
     old = json.loads((rdir / "manifest.json").read_text()).get("stages") if (rdir / "manifest.json").exists() else None
     diff = config_diff(old, plan) if old is not None else []
     if diff and not rerun_changed:
@@ -527,7 +651,8 @@ def run_seeds(config: str | Path,  # YAML run recipe
               report: str | None = CROSS_SEED_STAGE,  # the cross-seed stage notebook (None: no report)
              ) -> Path:
     "Run the pipeline once per seed into `runs/<run_id>/seed-<s>/`, then the cross-seed report; returns the run folder."
-    root, cfg = project_root(), load_config(config)
+    root = project_root()
+    cfg = load_run_config(config, root=root)
     if not seeds or len(set(seeds)) < len(seeds) or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds):
         raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {seeds!r}")
     run_id = check_run_id(run_id or new_run_id(cfg["name"]))
@@ -535,7 +660,7 @@ def run_seeds(config: str | Path,  # YAML run recipe
     if (top / "manifest.json").exists() and "seeds" not in json.loads((top / "manifest.json").read_text()):
         raise ConfigError(f"run {run_id!r} ({top}) is a single-seed run: use another --run-id for a multi-seed run")
     for s in seeds:  # refuse a bad config before any seed runs
-        resolve_stages(load_config(config, {"seed": s}), nbs, top / f"seed-{s}")
+        resolve_stages(load_run_config(config, {"seed": s}, root), nbs, top / f"seed-{s}")
     rep = None
     if report:
         declared = stage_parameters(nbs / f"{report}.ipynb")

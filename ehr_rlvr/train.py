@@ -5,7 +5,9 @@
 # %% ../nbs/06_train.ipynb #cd2c47b6
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -18,9 +20,10 @@ from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 from .tasks import Task
 
 # %% auto #0
-__all__ = ['cpu_bf16_supported', 'precision_kwargs', 'lora_config', 'sft_dataset', 'build_sft_config', 'build_grpo_config',
-           'grpo_dataset', 'grpo_trainer', 'discard_foreign_checkpoints', 'last_complete_checkpoint',
-           'trainable_snapshot', 'changed', 'log_history']
+__all__ = ['VLLM_MODES', 'cpu_bf16_supported', 'precision_kwargs', 'lora_config', 'sft_dataset', 'build_sft_config',
+           'build_grpo_config', 'grpo_dataset', 'grpo_trainer', 'discard_foreign_checkpoints',
+           'last_complete_checkpoint', 'trainable_snapshot', 'changed', 'log_history', 'world_size',
+           'per_process_batch', 'vllm_kwargs']
 
 # %% ../nbs/06_train.ipynb #29a71165
 def cpu_bf16_supported() -> bool:
@@ -57,7 +60,9 @@ def lora_config(r: int = 16,  # LoRA rank
 
 
 def _dump(cfg, output_dir) -> None:
-    "Write the resolved trainer config next to its outputs."
+    "Write the resolved trainer config next to its outputs (by the main process only, under `accelerate launch`)."
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     (Path(output_dir) / "trainer_config.json").write_text(cfg.to_json_string())
 
@@ -137,12 +142,23 @@ def build_grpo_config(output_dir: str,  # checkpoints, logs, tensorboard
                       warmup_ratio: float = 0.0,  # linear warm-up share
                       mask_truncated_completions: bool = True,  # no credit for completions cut by the budget
                       cache_implementation: str | None = None,  # generation KV cache: None (dynamic) | "static"
+                      num_processes: int | None = None,  # processes sharing a step; None: WORLD_SIZE (accelerate launch), else 1
+                      use_vllm: bool = False,  # generate with vLLM (needs vllm and a CUDA GPU) instead of model.generate
+                      vllm_mode: str = "colocate",  # colocate (inside each training process) | server (`trl vllm-serve`)
+                      vllm_gpu_memory_utilization: float = 0.3,  # colocate: share of GPU memory vLLM reserves
+                      vllm_tensor_parallel_size: int = 1,  # colocate: GPUs one vLLM engine spans
+                      vllm_max_model_length: int | None = None,  # colocate: context vLLM allocates for (None: the model's)
+                      vllm_enable_sleep_mode: bool = False,  # colocate: free vLLM's memory while training
+                      vllm_server_base_url: str | None = None,  # server: e.g. "http://10.0.0.5:8000" (None: localhost:8000)
                      ) -> GRPOConfig:
-    "GRPOConfig with every choice explicit; batch = prompts_per_step × num_generations; writes `trainer_config.json`."
+    "GRPOConfig with every choice explicit; global batch = prompts_per_step × num_generations over all processes; writes `trainer_config.json`."
     if num_generations < 2:
         raise ValueError("GRPO needs num_generations >= 2 (advantages are relative within a group)")
+    vllm = vllm_kwargs(use_vllm, vllm_mode, vllm_gpu_memory_utilization, vllm_tensor_parallel_size, vllm_max_model_length,
+                       vllm_enable_sleep_mode, vllm_server_base_url, num_processes)  # fails before anything loads
+    per_device = per_process_batch(prompts_per_step * num_generations, num_processes)
     cfg = GRPOConfig(output_dir=output_dir, num_generations=num_generations,
-                     per_device_train_batch_size=prompts_per_step * num_generations, gradient_accumulation_steps=1,
+                     per_device_train_batch_size=per_device, gradient_accumulation_steps=1,
                      temperature=temperature, top_p=top_p, max_completion_length=max_completion_length, beta=beta,
                      loss_type=loss_type, scale_rewards=scale_rewards, learning_rate=learning_rate, max_steps=max_steps,
                      num_iterations=num_iterations, epsilon=epsilon,
@@ -152,7 +168,7 @@ def build_grpo_config(output_dir: str,  # checkpoints, logs, tensorboard
                      report_to=report_to, log_completions=log_completions, num_completions_to_print=num_completions_to_print,
                      warmup_steps=warmup_ratio, mask_truncated_completions=mask_truncated_completions,
                      cache_implementation=cache_implementation,
-                     disable_tqdm=False, **precision_kwargs(precision))
+                     disable_tqdm=False, **vllm, **precision_kwargs(precision))
     _dump(cfg, output_dir)
     return cfg
 
@@ -182,8 +198,9 @@ def grpo_trainer(model, tokenizer,
     if len(cfg.reward_weights) != len(funcs):
         raise ValueError(f"reward_weights has {len(cfg.reward_weights)} values for {len(funcs)} reward functions "
                          f"{[f.__name__ for f in funcs]}")
-    return GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=funcs, args=cfg,
-                       train_dataset=grpo_dataset(rows), peft_config=peft_config)
+    trainer_cls = task.grpo_trainer_class() or GRPOTrainer  # a task may bring its own trainer (EAG-RL's attention terms)
+    return trainer_cls(model=model, processing_class=tokenizer, reward_funcs=funcs, args=cfg,
+                       train_dataset=grpo_dataset(rows), peft_config=peft_config, **task.grpo_trainer_kwargs())
 
 
 def discard_foreign_checkpoints(out_dir: str | Path,  # a trainer's output folder
@@ -231,3 +248,54 @@ def log_history(trainer, path: str | Path) -> list[dict]:
     hist = trainer.state.log_history
     Path(path).write_text(json.dumps(hist, indent=1, default=float))
     return hist
+
+# %% ../nbs/06_train.ipynb #53cdce7e
+VLLM_MODES = ("colocate", "server")
+
+
+def world_size() -> int:
+    "Number of processes sharing one optimizer step: WORLD_SIZE as set by `accelerate launch` / torchrun, else 1."
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def per_process_batch(global_batch: int,  # sequences per optimizer step over all processes
+                      num_processes: int | None = None,  # None: `world_size()`
+                     ) -> int:
+    "The per-process batch that keeps `global_batch`; an error when the processes cannot share it evenly."
+    n = world_size() if num_processes is None else num_processes
+    if n < 1 or global_batch % n:
+        raise ValueError(f"a global batch of {global_batch} (prompts_per_step × num_generations) cannot be split evenly "
+                         f"over {n} processes: choose prompts_per_step so that the product divides by {n}")
+    return global_batch // n
+
+
+def vllm_kwargs(use_vllm: bool = False,  # generate with vLLM instead of model.generate
+                mode: str = "colocate",  # colocate | server
+                gpu_memory_utilization: float = 0.3,  # colocate: share of GPU memory vLLM reserves
+                tensor_parallel_size: int = 1,  # colocate: GPUs one vLLM engine spans
+                max_model_length: int | None = None,  # colocate: context vLLM allocates for
+                enable_sleep_mode: bool = False,  # colocate: free vLLM's memory while training
+                server_base_url: str | None = None,  # server: where `trl vllm-serve` listens
+                num_processes: int | None = None,  # training processes (None: `world_size()`)
+               ) -> dict:
+    "GRPOConfig fields for vLLM generation, checked up front: a clear error when vLLM or a GPU is missing."
+    if not use_vllm:
+        return {"use_vllm": False}
+    if mode not in VLLM_MODES:
+        raise ValueError(f"vllm_mode must be one of {VLLM_MODES}, got {mode!r}")
+    if importlib.util.find_spec("vllm") is None:
+        raise ImportError("use_vllm=True needs vLLM, which is not installed in this environment: pip install "
+                          "'vllm>=0.22,<=0.31' (the versions TRL 1.16 supports) on a Linux machine with a CUDA GPU, "
+                          "or set use_vllm=False to sample with model.generate")
+    if not torch.cuda.is_available():
+        raise RuntimeError("use_vllm=True needs a CUDA GPU and none is visible; set use_vllm=False on this machine")
+    if mode == "server":
+        return {"use_vllm": True, "vllm_mode": "server", "vllm_server_base_url": server_base_url}
+    n = world_size() if num_processes is None else num_processes
+    if not 0 < gpu_memory_utilization < 1:
+        raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1), got {gpu_memory_utilization}")
+    if tensor_parallel_size < 1 or n % tensor_parallel_size:
+        raise ValueError(f"vllm_tensor_parallel_size={tensor_parallel_size} must divide the {n} training processes")
+    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": gpu_memory_utilization,
+            "vllm_tensor_parallel_size": tensor_parallel_size, "vllm_max_model_length": max_model_length,
+            "vllm_enable_sleep_mode": enable_sleep_mode}
