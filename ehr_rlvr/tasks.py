@@ -172,6 +172,15 @@ class Task:
     def gold_usable(self, ground_truth:dict) -> bool:
         "False when the row's gold label cannot score any answer (left out of the metrics and counted)."
         return True
+    def for_rows(self, rows) -> "Task":
+        "The task as it applies to `rows` (itself; a mixture keeps only the component tasks present in them)."
+        return self
+    def grpo_trainer_class(self):
+        "The `GRPOTrainer` subclass this task trains with (None: TRL's own)."
+        return None
+    def grpo_trainer_kwargs(self) -> dict:
+        "Extra keyword arguments of that trainer (e.g. auxiliary-loss weights)."
+        return {}
 
     def reward_funcs(self, names=None, # reward names from `ehr_rlvr.rewards.REWARDS`; None: `default_rewards`
                      **scheme, # parameters of the `answer` reward: correct, wrong, malformed

@@ -11,7 +11,7 @@ from conftest import DATA_ROOT, ROOT, run_cli
 # every task lives in its own package (ehr_rlvr/<task>/); these words belong to one task or another
 TASK_WORDS = re.compile(r"medcalc|calculator|categor|trials?\b|trec|eligib|ehrmind_matching|diagnosis[._]|hypertension|"
                         r"readmission_30d|label_task", re.IGNORECASE)
-TASK_PACKAGES = {"medcalc", "trials", "diagnosis"}  # (the `mixture` package is generic: it names no task either)
+TASK_PACKAGES = {"medcalc", "trials", "diagnosis", "eagrl"}  # (the `mixture` package is generic: it names no task either)
 # the CLI hosts each task's own tools as subcommands (`ehr-rlvr medcalc audit`): its task words are those commands'
 CLI_EXEMPT = {"cli.py"}
 TREC = DATA_ROOT / "trec_ct" / "trec_2021"
