@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['cmd_pipeline', 'cmd_stages', 'cmd_tasks', 'cmd_audit', 'cmd_evaluate_completions', 'cmd_experts_train',
-           'build_parser', 'main']
+__all__ = ['cmd_pipeline', 'cmd_stages', 'cmd_tasks', 'cmd_audit', 'cmd_evaluate_completions', 'cmd_diagnosis_labels',
+           'cmd_experts_train', 'build_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #4a423d21
 def _print_json(obj) -> None:
@@ -52,9 +52,39 @@ def cmd_audit(a) -> int:
     return 0
 
 
+def _task_params(items: list[str] | None) -> dict:
+    "`KEY=VALUE` words as task parameters; a VALUE that parses as JSON (numbers, lists, true) is taken as such, else as text."
+    out = {}
+    for it in items or []:
+        key, sep, val = it.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--task-param {it!r}: expected KEY=VALUE")
+        try: out[key.strip()] = json.loads(val)
+        except ValueError: out[key.strip()] = val
+    return out
+
+
 def cmd_evaluate_completions(a) -> int:
     from ehr_rlvr.completions import evaluate_completions
-    _print_json(evaluate_completions(a.task, a.data, a.completions, out=a.out, predictions=a.predictions, prepend=a.prepend))
+    params = {k: v for k, v in (("gold", a.gold), ("relabel_csv", a.relabel_csv)) if v}
+    params |= _task_params(a.task_param)
+    _print_json(evaluate_completions(a.task, a.data, a.completions, out=a.out, predictions=a.predictions, prepend=a.prepend,
+                                     protocol=a.protocol, task_params=params))
+    return 0
+
+
+def cmd_diagnosis_labels(a) -> int:
+    "Label a MEDS path for one task; write `subject_id,prediction_time,label` and print the counts."
+    from ehr_rlvr.core import atomic_path
+    from ehr_rlvr.diagnosis.labels import label_task
+    from ehr_rlvr.diagnosis.meds import read_meds
+    labels, summary = label_task(read_meds(a.meds), a.task, codes=a.codes, discharge_prefix=a.discharge_prefix,
+                                 admission_prefix=a.admission_prefix)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        labels.to_csv(tmp, index=False)
+    _print_json({"task": a.task, "out": str(out), **summary})
     return 0
 
 
@@ -109,7 +139,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", help="write the metrics JSON here too")
     q.add_argument("--predictions", help="write per-row verdicts as JSONL")
     q.add_argument("--prepend", default="", help="text the prompt prefilled, e.g. '<think>' for EHRMIND's own prompts")
+    q.add_argument("--protocol", default=None,
+                   help="how answers are read (MedCalc): strict (the RL reward's format, default) or medcalc-bench "
+                        "(the benchmark's published answer rules, comparable with its tables)")
+    q.add_argument("--gold", default=None, help="which gold to score against (MedCalc): original | recomputed | relabeled | drop_disputed")
+    q.add_argument("--relabel-csv", default=None, help="external relabelled CSV for --gold relabeled (MedCalc)")
+    q.add_argument("--task-param", action="append", metavar="KEY=VALUE",
+                   help="any of the task's own parameters (`ehr-rlvr tasks`), repeatable, e.g. label_task=readmission_30d")
     q.set_defaults(fn=cmd_evaluate_completions)
+
+    dg = sub.add_parser("diagnosis", help="EHRSHOT-style prediction from MEDS timelines").add_subparsers(
+        dest="diagnosis_command", required=True)
+    q = dg.add_parser("labels", help="label every discharge day of a MEDS path for one task (new diagnosis or readmission)")
+    q.add_argument("--meds", required=True, help="MEDS parquet file or folder of shards")
+    q.add_argument("--task", required=True, help="new_hypertension | new_hyperlipidemia | new_pancan | new_acutemi | readmission_30d")
+    q.add_argument("--out", required=True, help="labels CSV to write (subject_id,prediction_time,label)")
+    q.add_argument("--codes", help="concept-list file replacing the task's default code prefixes (e.g. EHRSHOT's SNOMED codes)")
+    q.add_argument("--discharge-prefix", default="HOSPITAL_DISCHARGE", help="code prefix of discharge events")
+    q.add_argument("--admission-prefix", default="HOSPITAL_ADMISSION", help="code prefix of admission events")
+    q.set_defaults(fn=cmd_diagnosis_labels)
 
     ex = sub.add_parser("experts", help="EAG-RL expert EHR models").add_subparsers(dest="experts_command", required=True)
     q = ex.add_parser("train", help="train an expert, evaluate it (AUROC/AUPRC with bootstrap CIs) and export per-patient feature saliency JSON")

@@ -26,7 +26,7 @@ from .metrics import auprc, auroc, bootstrap_ci
 # %% auto #0
 __all__ = ['MODELS', 'DEFAULT_FRACS', 'DEFAULT_HP', 'FIT_KEYS', 'ChannelGRU', 'valid_mask', 'last_step', 'decov_loss', 'ConCare',
            'GRUExpert', 'TransformerExpert', 'build_model', 'seed_everything', 'predict', 'fit', 'evaluate',
-           'train_expert', 'load_expert']
+           'fit_on_cohort', 'train_expert', 'load_expert']
 
 # %% ../nbs/21_experts.ipynb #7e6b9f2f
 class ChannelGRU(nn.Module):
@@ -246,6 +246,32 @@ def evaluate(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0) ->
     return out
 
 
+def fit_on_cohort(
+    cohort,  # a `Cohort` (loaded, or made in memory)
+    model: str,  # "concare" | "gru" | "transformer"
+    seed: int = 0,  # training seed (init, shuffling, dropout)
+    split_seed: int = 0,  # patient split seed
+    fracs: tuple[float, float, float] = (0.7, 0.1, 0.2),  # train / val / test fractions of patients
+    **hparams,  # model / fit hyper-parameters (defaults: DEFAULT_HP)
+) -> dict:
+    "Split by patient, fit the preprocessor on train, train with early stopping on val: the pieces `train_expert` saves."
+    if model not in MODELS: raise ValueError(f"unknown expert model {model!r}: use one of {sorted(MODELS)}")
+    splits = split_patients(cohort.patient_ids, cohort.y, seed=split_seed, fracs=fracs)
+    ix = split_indices(cohort, splits)
+    pp = Preprocessor.fit(cohort, ix["train"])
+    X, S = pp.transform(cohort)
+    hp = {**DEFAULT_HP[model], **hparams}
+    if model == "transformer": hp.setdefault("max_len", max(64, X.shape[1]))
+    fit_kw = {k: hp[k] for k in FIT_KEYS if k in hp}
+    model_kw = {k: v for k, v in hp.items() if k not in FIT_KEYS}
+    seed_everything(seed)
+    net = build_model(model, X.shape[-1], S.shape[-1], **model_kw)
+    part = {k: (X[v], S[v], cohort.lengths[v], cohort.y[v]) for k, v in ix.items()}
+    hist = fit(net, part["train"], part["val"], seed=seed, **fit_kw)
+    return dict(net=net, splits=splits, index=ix, preprocessor=pp, X=X, S=S, part=part, history=hist,
+                fit_kwargs=fit_kw, model_kwargs=model_kw)
+
+
 def train_expert(
     dataset: str,  # "tjh" | "mimic-iv"
     task: str,  # "mortality" | "readmission" (MIMIC-IV only)
@@ -263,18 +289,9 @@ def train_expert(
     cohort = load_cohort(dataset, task, data, **cohort_kw)
     if model not in MODELS: raise ValueError(f"unknown expert model {model!r}: use one of {sorted(MODELS)}")
     fracs = tuple(hparams.pop("fracs", DEFAULT_FRACS.get(dataset, (0.7, 0.1, 0.2))))
-    splits = split_patients(cohort.patient_ids, cohort.y, seed=split_seed, fracs=fracs)
-    ix = split_indices(cohort, splits)
-    pp = Preprocessor.fit(cohort, ix["train"])
-    X, S = pp.transform(cohort)
-    hp = {**DEFAULT_HP[model], **hparams}
-    if model == "transformer": hp.setdefault("max_len", max(64, X.shape[1]))
-    fit_kw = {k: hp[k] for k in FIT_KEYS if k in hp}
-    model_kw = {k: v for k, v in hp.items() if k not in FIT_KEYS}
-    seed_everything(seed)
-    net = build_model(model, X.shape[-1], S.shape[-1], **model_kw)
-    part = {k: (X[v], S[v], cohort.lengths[v], cohort.y[v]) for k, v in ix.items()}
-    hist = fit(net, part["train"], part["val"], seed=seed, **fit_kw)
+    f = fit_on_cohort(cohort, model, seed, split_seed, fracs, **hparams)
+    splits, ix, pp, X, net, part, hist = f["splits"], f["index"], f["preprocessor"], f["X"], f["net"], f["part"], f["history"]
+    fit_kw, model_kw = f["fit_kwargs"], f["model_kwargs"]
     probs = {k: predict(net, *part[k][:3]) for k in part}
     test, val = evaluate(part["test"][3], probs["test"], n_boot, seed), evaluate(part["val"][3], probs["val"], n_boot, seed)
     out = Path(out_dir or f"runs/experts/{dataset}_{task}_{model}_seed{seed}"); out.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .cohorts import MIMIC_LABS, MIMIC_VITALS, Cohort, Preprocessor, split_indices, split_patients
-from ..experts import DEFAULT_HP, FIT_KEYS, ConCare, build_model, evaluate, fit, predict, seed_everything
+from .cohorts import MIMIC_LABS, MIMIC_VITALS, Cohort
+from ..experts import DEFAULT_HP, ConCare, evaluate, fit_on_cohort, predict
 from ..saliency import concare_attention, ig_feature_scores, integrated_gradients, saliency_payload, validate_saliency
 
 # %% auto #0
@@ -91,20 +91,10 @@ def train_cohort_expert(
     **hparams,  # model / fit hyper-parameters (defaults: experts.DEFAULT_HP)
 ) -> dict:
     "Train an expert on an in-memory cohort: dict(net, preprocessor, splits, index, X, S, test metrics)."
-    splits = split_patients(cohort.patient_ids, cohort.y, seed=split_seed, fracs=fracs)
-    ix = split_indices(cohort, splits)
-    pp = Preprocessor.fit(cohort, ix["train"])
-    X, S = pp.transform(cohort)
-    hp = {**DEFAULT_HP[model], **hparams}
-    if model == "transformer": hp.setdefault("max_len", max(64, X.shape[1]))
-    fit_kw = {k: hp[k] for k in FIT_KEYS if k in hp}
-    seed_everything(seed)
-    net = build_model(model, X.shape[-1], S.shape[-1], **{k: v for k, v in hp.items() if k not in FIT_KEYS})
-    part = {k: (X[v], S[v], cohort.lengths[v], cohort.y[v]) for k, v in ix.items()}
-    hist = fit(net, part["train"], part["val"], seed=seed, **fit_kw)
-    test = evaluate(part["test"][3], predict(net, *part["test"][:3]), n_boot, seed)
-    return dict(net=net.eval(), model=model, seed=seed, preprocessor=pp, splits=splits, index=ix, X=X, S=S, test=test,
-                epochs_run=hist["epochs_run"])
+    f = fit_on_cohort(cohort, model, seed, split_seed, fracs, **hparams)
+    test = evaluate(f["part"]["test"][3], predict(f["net"], *f["part"]["test"][:3]), n_boot, seed)
+    return dict(net=f["net"].eval(), model=model, seed=seed, preprocessor=f["preprocessor"], splits=f["splits"],
+                index=f["index"], X=f["X"], S=f["S"], test=test, epochs_run=f["history"]["epochs_run"])
 
 
 def cohort_saliency(
