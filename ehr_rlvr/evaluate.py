@@ -155,6 +155,9 @@ def summarize(task: Task,  # the task
     else:
         rows = _kind_rows(task, first[ok], n_boot, seed)
     rows.append(_metric_row("format_valid_rate", first["format_ok"], n_boot, seed))
+    for col in [c for c in first.columns if c.startswith("measure:")]:  # the task's model measures (NaN: not measured)
+        vals = first[col].astype(float).dropna()
+        if len(vals): rows.append(_metric_row(col.split(":", 1)[1], vals, n_boot, seed, fn=np.mean))
     for g in task.group_columns:
         if g in first.columns:
             for val, sub in first[ok].groupby(g):

@@ -12,7 +12,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['KIND_METRICS', 'NO_ANSWER', 'bootstrap_ci', 'accuracy', 'pass_at_k', 'auroc', 'auprc', 'confusion', 'per_class',
-           'label_metrics', 'brier', 'probability_metrics', 'row_arrays', 'compute_metrics', 'metric_fn']
+           'label_metrics', 'brier', 'probability_metrics', 'row_arrays', 'compute_metrics', 'measure_fn', 'metric_fn']
 
 # %% ../nbs/05_metrics.ipynb #5e7d7c4c
 def bootstrap_ci(metric_fn: Callable[..., float],  # metric of aligned arrays, e.g. `accuracy`
@@ -172,6 +172,8 @@ def row_arrays(scored,  # a scored frame (`correct`, `format_ok`; `gold`, `pred`
         out["pred"] = np.array([NO_ANSWER if (f := _to_float(v)) != f else int(f) for v in scored["pred"]])
     if kind == "probability":
         out["prob"] = scored["prob"].astype(float).to_numpy()
+    for c in [c for c in scored.columns if str(c).startswith("measure:")]:  # a task's model measures (NaN: not measured)
+        out[c] = scored[c].astype(float).to_numpy()
     return out
 
 
@@ -208,6 +210,16 @@ def compute_metrics(kind: str,  # exact | label | probability
     if kind == "probability":
         return probability_metrics(g[ok], take(rows["prob"])[ok])
     raise ValueError(f"unknown answer kind {kind!r}; expected one of {list(KIND_METRICS)}")
+
+
+def measure_fn(column: str,  # a `measure:<name>` array of `row_arrays`
+              ) -> Callable[[dict, np.ndarray | None], float]:
+    "`f(rows, idx)`: the mean of a model measure over the measured rows among `idx` (NaN when none was measured)."
+    def f(rows, idx=None):
+        v = rows[column] if idx is None else rows[column][idx]
+        v = v[np.isfinite(v)]
+        return float(v.mean()) if len(v) else float("nan")
+    return f
 
 
 def metric_fn(kind: str,  # exact | label | probability

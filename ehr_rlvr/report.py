@@ -13,36 +13,63 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .metrics import KIND_METRICS, bootstrap_ci, metric_fn, row_arrays
+from .metrics import KIND_METRICS, bootstrap_ci, measure_fn, metric_fn, row_arrays
 
 # %% auto #0
 __all__ = ['RESULT_COLUMNS', 'REGIME_ORDER', 'COMPARISONS', 'COMPARISON_COLUMNS', 'COLORS', 'SEED_RESULT_COLUMNS',
-           'SEED_COMPARISON_COLUMNS', 'gather_results', 'sft_knowledge_table', 'eval_info', 'paired_comparisons',
-           'plot_regimes', 'rl_history', 'plot_rl_curves', 'seed_predictions', 'cross_seed_report', 'plot_seed_results']
+           'SEED_COMPARISON_COLUMNS', 'MCTS_METRICS', 'eval_dirs', 'regime_label', 'gather_results', 'regime_sort_key',
+           'sft_knowledge_table', 'extended_pairs', 'same_row_suffixes', 'eval_info', 'paired_comparisons',
+           'plot_regimes', 'rl_history', 'plot_rl_curves', 'seed_predictions', 'cross_seed_report', 'cross_seed_all',
+           'mcts_seed_table', 'plot_seed_results']
 
 # %% ../nbs/09_report.ipynb #b14470b8
 RESULT_COLUMNS = ["task", "regime", "metric", "value", "ci_low", "ci_high", "n"]
-REGIME_ORDER = ["base", "sft", "rlvr", "sft_rlvr"]
+REGIME_ORDER = ["base", "sft", "rlvr", "sft_rlvr",  # EHRMIND's four regimes
+                "sft_mcts", "rl_outcome", "rl_text", "rl_attention", "rl_attention_aux", "rl_attention_upclip",
+                "rl_attention_multi", "sft_mcts_rl"]  # EAG-RL's: label-only SFT, then RL with each reward
+
+
+def eval_dirs(run_dir: str | Path) -> dict[str, Path]:
+    "The run's evaluation folders by suffix: `''` for `eval/` (the held-out split), `test_permuted` for `eval_test_permuted/`..."
+    run = Path(run_dir)
+    out = {"": run / "eval"} if (run / "eval").is_dir() else {}
+    return out | {p.name[len("eval_"):]: p for p in sorted(run.glob("eval_*")) if p.is_dir()}
+
+
+def regime_label(regime: str, suffix: str = "") -> str:
+    "`rl_text` on the held-out split; `rl_text@test_permuted` on another evaluation set."
+    return f"{regime}@{suffix}" if suffix else regime
+
+
+def _label_dir(run: Path, label: str) -> Path:
+    "The folder of an evaluation label (`regime` or `regime@suffix`)."
+    regime, _, suffix = label.partition("@")
+    return run / (f"eval_{suffix}" if suffix else "eval") / regime
 
 
 def gather_results(run_dir: str | Path,  # the run directory
                   ) -> pd.DataFrame:
-    "All `eval/*/metrics.json` of a run as one frame with `RESULT_COLUMNS` (regimes in the paper's order)."
-    files = sorted(Path(run_dir).glob("eval/*/metrics.json"))
-    if not files:
+    "All `eval*/*/metrics.json` of a run as one frame with `RESULT_COLUMNS` (regimes in the paper's order; `regime@suffix` for `eval_<suffix>/`)."
+    files = [(s, f) for s, d in eval_dirs(run_dir).items() for f in sorted(d.glob("*/metrics.json"))]
+    if not any(s == "" for s, _ in files):
         raise FileNotFoundError(f"no eval/*/metrics.json in {run_dir}: run the 50_evaluate stage first")
     recs = []
-    for f in files:
+    for s, f in files:
         m = json.loads(f.read_text())
         for r in m.get("rows", []):
             missing = {"metric", "value"} - set(r)
             if missing:
                 raise ValueError(f"{f}: a metric row lacks {sorted(missing)}: {r}")
-            recs.append({"task": m["task"], "regime": m["regime"], **r})
+            recs.append({"task": m["task"], "regime": regime_label(m["regime"], s), **r})
     df = pd.DataFrame(recs).reindex(columns=RESULT_COLUMNS)
-    order = {r: i for i, r in enumerate(REGIME_ORDER)}
-    return df.sort_values(["task", "regime", "metric"], key=lambda s: s.map(order).fillna(99) if s.name == "regime" else s,
+    return df.sort_values(["task", "regime", "metric"], key=lambda s: s.map(regime_sort_key) if s.name == "regime" else s,
                           kind="stable").reset_index(drop=True)
+
+
+def regime_sort_key(label: str) -> tuple:
+    "Evaluation set first (held-out, then the others by name), then the paper's regime order."
+    regime, _, suffix = label.partition("@")
+    return (suffix, REGIME_ORDER.index(regime) if regime in REGIME_ORDER else len(REGIME_ORDER), regime)
 
 # %% ../nbs/09_report.ipynb #e6d0b845
 def sft_knowledge_table(run_dir: str | Path,  # the run directory
@@ -71,7 +98,36 @@ def sft_knowledge_table(run_dir: str | Path,  # the run directory
     return pd.DataFrame(recs)
 
 # %% ../nbs/09_report.ipynb #43c0468c
-COMPARISONS = [("sft", "base"), ("sft_rlvr", "sft"), ("rlvr", "base"), ("sft_rlvr", "base")]
+COMPARISONS = [("sft", "base"), ("sft_rlvr", "sft"), ("rlvr", "base"), ("sft_rlvr", "base"),  # EHRMIND
+               ("rl_outcome", "sft"), ("rl_text", "rl_outcome"), ("rl_attention", "rl_outcome"),  # EAG-RL: each reward
+               ("rl_attention", "rl_text"), ("rl_attention_aux", "rl_attention"), ("rl_attention_upclip", "rl_attention"),
+               ("rl_attention_multi", "rl_attention"), ("rl_attention", "base"),
+               ("sft_mcts", "sft"), ("sft_mcts_rl", "rl_attention"), ("sft_mcts_rl", "sft_mcts")]  # MCTS initialisation
+
+
+def extended_pairs(labels,  # evaluation labels present (`regime` or `regime@suffix`)
+                   same_rows=(),  # suffixes evaluated on the held-out rows themselves (e.g. test_permuted)
+                   pairs: list[tuple[str, str]] = COMPARISONS,  # the regime contrasts
+                  ) -> list[tuple[str, str]]:
+    "The contrasts on every evaluation set, plus `regime@s - regime` for the sets that re-render the held-out rows (robustness)."
+    labels = set(labels)
+    suffixes = sorted({l.partition("@")[2] for l in labels} - {""})
+    out = list(pairs) + [(regime_label(a, s), regime_label(b, s)) for s in suffixes for a, b in pairs]
+    base = sorted({l for l in labels if "@" not in l}, key=regime_sort_key)
+    out += [(regime_label(r, s), r) for s in suffixes if s in set(same_rows) for r in base]
+    return [p for p in dict.fromkeys(out) if p[0] in labels and p[1] in labels]
+
+
+def same_row_suffixes(run_dir: str | Path) -> list[str]:
+    "The evaluation sets whose rows are exactly the held-out rows (same ids): `eval_test_permuted`, not `eval_cross_*`."
+    dirs, out = eval_dirs(run_dir), []
+    ref = next(iter(sorted(dirs.get("", Path("/nonexistent")).glob("*/predictions.parquet"))), None)
+    if ref is None: return out
+    ids = set(pd.read_parquet(ref, columns=["id"])["id"])
+    for s, d in dirs.items():
+        p = next(iter(sorted(d.glob("*/predictions.parquet"))), None)
+        if s and p is not None and set(pd.read_parquet(p, columns=["id"])["id"]) == ids: out.append(s)
+    return out
 COMPARISON_COLUMNS = ["task", "comparison", "regime", "baseline", "metric", "diff", "ci_low", "ci_high", "n"]
 
 
@@ -84,17 +140,20 @@ def eval_info(metrics_json: str | Path,  # an `eval/<regime>/metrics.json`
 
 
 def paired_comparisons(run_dir: str | Path,  # the run directory
-                       pairs: list[tuple[str, str]] = COMPARISONS,  # (regime, baseline) pairs; missing regimes are skipped
+                       pairs: list[tuple[str, str]] | None = None,  # (regime, baseline) pairs; None: `extended_pairs` of the run
                        metric: str | None = None,  # the metric compared; None: the task's main metric
                        n_boot: int = 1000,  # bootstrap resamples
                        seed: int = 0,  # resampling seed
                       ) -> pd.DataFrame:
     "Difference `regime - baseline` in `metric` on the (scorable) rows both were evaluated on, with a paired bootstrap 95 % CI."
     run, recs, preds = Path(run_dir), [], {}
+    if pairs is None:
+        labels = [regime_label(p.parent.name, s) for s, d in eval_dirs(run).items() for p in d.glob("*/predictions.parquet")]
+        pairs = extended_pairs(labels, same_row_suffixes(run))
 
     def load(regime):  # each regime's predictions, read and checked once
         if regime not in preds:
-            path = run / "eval" / regime / "predictions.parquet"
+            path = _label_dir(run, regime) / "predictions.parquet"
             df = pd.read_parquet(path)
             missing = {"id", "correct"} - set(df.columns)
             if missing:
@@ -107,10 +166,10 @@ def paired_comparisons(run_dir: str | Path,  # the run directory
         return preds[regime]
 
     for regime, baseline in pairs:
-        if not all((run / "eval" / r / "predictions.parquet").exists() for r in (regime, baseline)):
+        if not all((_label_dir(run, r) / "predictions.parquet").exists() for r in (regime, baseline)):
             continue
         a, b = load(regime), load(baseline)
-        info = eval_info(run / "eval" / regime / "metrics.json")
+        info = eval_info(_label_dir(run, regime) / "metrics.json")
         name = metric or info["main_metric"]
         fn = metric_fn(info["answer_kind"], name, info["n_labels"])
         m = a[["id"]].merge(b[["id"]], on="id")
@@ -189,11 +248,12 @@ SEED_COMPARISON_COLUMNS = ["task", "comparison", "diff", "ci_low", "ci_high", "s
 
 def seed_predictions(run_dir: str | Path,  # a multi-seed run: `seed-<s>/eval/<regime>/predictions.parquet`
                      seeds: list[int],  # the seeds to gather
+                     suffixes=("",),  # evaluation sets on the same rows: `''` (eval/), `test_permuted` (eval_test_permuted/)...
                     ) -> tuple[dict, dict[int, dict[str, dict[str, np.ndarray]]]]:
-    "`(info, {seed: {regime: per-row arrays}})`: `eval_info` of the task, rows aligned across a seed's regimes (`row_arrays`)."
+    "`(info, {seed: {label: per-row arrays}})`: `eval_info` of the task, rows aligned across a seed's regimes (`row_arrays`)."
     run, info, out = Path(run_dir), None, {}
     for s in seeds:
-        evals = sorted((run / f"seed-{s}" / "eval").glob("*/predictions.parquet"))
+        evals = [p for x in suffixes for p in sorted((run / f"seed-{s}" / (f"eval_{x}" if x else "eval")).glob("*/predictions.parquet"))]
         if not evals:
             raise FileNotFoundError(f"{run / f'seed-{s}' / 'eval'}: no predictions (has that seed's 50_evaluate run?)")
         frames = {}
@@ -202,7 +262,7 @@ def seed_predictions(run_dir: str | Path,  # a multi-seed run: `seed-<s>/eval/<r
             df = df[df["sample"] == 0] if "sample" in df else df
             if df["id"].duplicated().any():
                 raise ValueError(f"{p}: row ids repeat; the cross-seed report needs one greedy prediction per row")
-            frames[p.parent.name] = df.set_index("id")
+            frames[regime_label(p.parent.name, p.parent.parent.name[len("eval_"):] if p.parent.parent.name != "eval" else "")] = df.set_index("id")
             info = info or eval_info(p.parent / "metrics.json")
         ids = sorted(set.intersection(*(set(f.index) for f in frames.values())))
         if any(len(f) != len(ids) for f in frames.values()):
@@ -218,7 +278,7 @@ def cross_seed_report(per_seed: dict[int, dict[str, dict[str, np.ndarray]]],  # 
                       main_metric: str = "accuracy",  # the metric the comparisons are made on
                       answer_kind: str = "exact",  # decides the metrics (`ehr_rlvr.metrics.KIND_METRICS`)
                       n_labels: int = 0,  # label kind: number of classes
-                      pairs: list[tuple[str, str]] = COMPARISONS,  # (regime, baseline); missing regimes are skipped
+                      pairs: list[tuple[str, str]] | None = None,  # (regime, baseline); missing ones are skipped; None: `extended_pairs`
                       n_boot: int = 1000,  # bootstrap resamples
                       seed: int = 0,  # resampling seed
                       alpha: float = 0.05,  # 1 - confidence level
@@ -226,13 +286,17 @@ def cross_seed_report(per_seed: dict[int, dict[str, dict[str, np.ndarray]]],  # 
     "Tables `results`, `per_seed`, `comparisons`, `comparisons_per_seed`: means over seeds, two-level bootstrap CIs."
     seeds = sorted(per_seed)
     common = set.intersection(*(set(per_seed[s]) for s in seeds))
-    regimes = [r for r in REGIME_ORDER if r in common] + sorted(common - set(REGIME_ORDER))
+    regimes = sorted(common, key=regime_sort_key)
+    if pairs is None:  # every label of one seed's dict shares its rows: `regime@s - regime` is a paired contrast
+        pairs = extended_pairs(common, {l.partition("@")[2] for l in common})
     if not regimes:
         raise ValueError(f"no regime was evaluated in every seed {seeds}")
-    metrics = [*KIND_METRICS[answer_kind], "format_valid_rate"]
+    fns = {m: metric_fn(answer_kind, m, n_labels) for m in [*KIND_METRICS[answer_kind], "format_valid_rate"]}
+    measures = set.intersection(*({k for k in per_seed[s][r] if k.startswith("measure:")} for s in seeds for r in regimes))
+    fns |= {m.split(":", 1)[1]: measure_fn(m) for m in sorted(measures)}  # the task's model measures (e.g. attention shares)
+    metrics = list(fns)
     if main_metric not in metrics:
         raise ValueError(f"main_metric {main_metric!r} is not among the metrics {metrics}")
-    fns = {m: metric_fn(answer_kind, m, n_labels) for m in metrics}
     pairs = [(a, b) for a, b in pairs if a in regimes and b in regimes]
     n_rows = {s: len(per_seed[s][regimes[0]]["correct"]) for s in seeds}
     point = {(s, r, m): fns[m](per_seed[s][r], None) for s in seeds for r in regimes for m in metrics}
@@ -265,6 +329,48 @@ def cross_seed_report(per_seed: dict[int, dict[str, dict[str, np.ndarray]]],  # 
         "comparisons_per_seed": pd.DataFrame([{"task": task, "comparison": f"{a} - {b}", "seed": s, "diff": diff(a, b, s),
                                                **ci(seed_d[(a, b), s]), "n": n_rows[s]} for a, b in pairs for s in seeds]),
     }
+
+# %% ../nbs/09_report.ipynb #ec40732b
+def cross_seed_all(run_dir: str | Path,  # a multi-seed run folder holding seed-<s>/
+                   seeds: list[int],  # the seeds to pool
+                   main_metric: str | None = None,  # the comparisons' metric (None: the task's main metric)
+                   n_boot: int = 1000,  # bootstrap resamples
+                   seed: int = 0,  # resampling seed
+                  ) -> tuple[dict, dict[str, pd.DataFrame]]:
+    "`cross_seed_report` over every evaluation set: held-out rows with their views (paired), other datasets each on their own; tables concatenated."
+    run = Path(run_dir)
+    first = run / f"seed-{seeds[0]}"
+    same = same_row_suffixes(first)
+    groups = [("", *same)] + [(s,) for s in eval_dirs(first) if s and s not in same]
+    info, reps = None, []
+    for g in groups:
+        inf, per = seed_predictions(run, seeds, g)
+        info = info or inf
+        reps.append(cross_seed_report(per, inf["task"], main_metric=main_metric or inf["main_metric"], answer_kind=inf["answer_kind"],
+                                      n_labels=inf["n_labels"], n_boot=n_boot, seed=seed))
+    return info, {k: pd.concat([r[k] for r in reps], ignore_index=True) for k in reps[0]}
+
+# %% ../nbs/09_report.ipynb #006c1d56
+MCTS_METRICS = ["llm_calls", "trajectories_accepted", "calls_per_accepted", "accepted_accuracy", "mean_feature_overlap",
+                "wall_seconds", "search_accuracy", "search_parsable", "hinted_share", "tokens_generated"]
+
+
+def mcts_seed_table(run_dirs: dict,  # seed -> a run directory holding `mcts/summary.json`
+                    metrics: list[str] = MCTS_METRICS,  # the per-arm numbers to show
+                   ) -> pd.DataFrame:
+    "The search-efficiency table over seeds: one row per (metric, arm) with each seed's value, the mean, min and max."
+    recs = []
+    for s, d in sorted(run_dirs.items()):
+        path = Path(d) / "mcts" / "summary.json"
+        if not path.exists(): raise FileNotFoundError(f"{path}: no MCTS summary (did 25_mcts run for seed {s}?)")
+        for arm, v in json.loads(path.read_text())["arms"].items():
+            recs += [{"metric": m, "arm": arm, "seed": s, "value": float(v[m]) if v.get(m) is not None else np.nan} for m in metrics]
+    df = pd.DataFrame(recs)
+    wide = df.pivot_table(index=["metric", "arm"], columns="seed", values="value", dropna=False)
+    wide.columns = [f"seed {c}" for c in wide.columns]
+    out = pd.concat([wide.mean(1).rename("mean"), wide.min(1).rename("min"), wide.max(1).rename("max"), wide], axis=1)
+    order = {m: i for i, m in enumerate(metrics)}
+    return out.reset_index().sort_values(["metric", "arm"], key=lambda c: c.map(order) if c.name == "metric" else c).reset_index(drop=True)
 
 # %% ../nbs/09_report.ipynb #f8bc15b6
 def plot_seed_results(rep: dict[str, pd.DataFrame],  # from `cross_seed_report`

@@ -130,6 +130,7 @@ class Task:
     default_rewards: tuple[str, ...] = ("answer", "format", "correct")  # the first trains, the rest are logged
     PARAMS: dict[str, Any] = {}             # the task's own parameters and their defaults
     PARAM_TYPES: dict[str, tuple] = {}      # types a parameter may take besides its default's (e.g. a path or a frame)
+    view_splits: dict[str, str] = {}        # extra split -> the split whose rows it re-renders (same ids, e.g. permuted)
 
     def __init__(self, **params): self.params = self.merged(params, {**self.PARAMS})
     def merged(self, params:dict, base:dict|None=None) -> dict:
@@ -180,6 +181,9 @@ class Task:
         return None
     def grpo_trainer_kwargs(self) -> dict:
         "Extra keyword arguments of that trainer (e.g. auxiliary-loss weights)."
+        return {}
+    def model_measures(self, model, tokenizer, rows, completions:list[str]) -> dict[str, list]:
+        "Per-row measurements that need the model (e.g. attention shares): name -> values (NaN: not measured); evaluation reports their means."
         return {}
 
     def reward_funcs(self, names=None, # reward names from `ehr_rlvr.rewards.REWARDS`; None: `default_rewards`

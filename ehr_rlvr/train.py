@@ -20,8 +20,8 @@ from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 from .tasks import Task
 
 # %% auto #0
-__all__ = ['VLLM_MODES', 'cpu_bf16_supported', 'precision_kwargs', 'lora_config', 'sft_dataset', 'build_sft_config',
-           'build_grpo_config', 'grpo_dataset', 'grpo_trainer', 'discard_foreign_checkpoints',
+__all__ = ['VLLM_MODES', 'cpu_bf16_supported', 'precision_kwargs', 'lora_config', 'sft_dataset', 'sft_dataset_from_file',
+           'build_sft_config', 'build_grpo_config', 'grpo_dataset', 'grpo_trainer', 'discard_foreign_checkpoints',
            'last_complete_checkpoint', 'trainable_snapshot', 'changed', 'log_history', 'world_size',
            'per_process_batch', 'vllm_kwargs']
 
@@ -78,6 +78,27 @@ def sft_dataset(task: Task,  # the task (gives the gold completion of a row)
             recs.append({"prompt": r["prompt"], "completion": [{"role": "assistant", "content": c}], "id": r["id"]})
     if not recs:
         raise ValueError(f"sft_dataset: none of the {len(rows)} rows has a gold completion")
+    return datasets.Dataset.from_list(recs)
+
+
+def sft_dataset_from_file(path: str | Path,  # JSONL: one {id, prompt (chat messages), completion (str)} per line
+                          train,  # the run's training rows: every line's id must be one of them
+                         ) -> datasets.Dataset:
+    "SFT rows written by a search stage (e.g. MCTS trajectories): checked line by line, prompts must be the training rows' own."
+    path = Path(path)
+    if not path.exists(): raise FileNotFoundError(f"{path}: no SFT rows (run the stage that writes them, e.g. 25_mcts)")
+    prompts = dict(zip(train["id"], train["prompt"]))
+    recs = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip(): continue
+        try: r = json.loads(line)
+        except json.JSONDecodeError as e: raise ValueError(f"{path}:{n}: not JSON ({e})") from None
+        for k, typ in (("id", str), ("prompt", list), ("completion", str)):
+            if not isinstance(r.get(k), typ): raise ValueError(f"{path}:{n}: field {k!r} must be a {typ.__name__}, got {r.get(k)!r:.80}")
+        if r["id"] not in prompts: raise ValueError(f"{path}:{n}: id {r['id']!r} is not a training row (held-out rows must never be trained on)")
+        if r["prompt"] != prompts[r["id"]]: raise ValueError(f"{path}:{n}: the prompt of {r['id']!r} differs from the training row's (a hinted prompt?)")
+        recs.append({"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["completion"]}], "id": r["id"]})
+    if not recs: raise ValueError(f"{path}: no SFT rows")
     return datasets.Dataset.from_list(recs)
 
 

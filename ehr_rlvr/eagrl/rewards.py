@@ -14,9 +14,9 @@ from .format import parse_eagrl_answer, shift_spans
 from ..rewards import REWARDS, _as_list, completion_text
 
 # %% auto #0
-__all__ = ['OUTCOME_DEFAULTS', 'gold_label', 'score_outcome', 'feature_iou', 'get_eagrl_outcome_reward',
-           'get_eagrl_text_alignment_reward', 'render_prompt', 'AttentionAlignmentReward',
-           'get_eagrl_attention_alignment_reward']
+__all__ = ['OUTCOME_DEFAULTS', 'GUIDANCE', 'gold_label', 'score_outcome', 'feature_iou', 'get_eagrl_outcome_reward',
+           'guidance_prefix', 'get_eagrl_text_alignment_reward', 'render_prompt', 'AttentionAlignmentReward',
+           'get_eagrl_attention_alignment_reward', 'attention_shares']
 
 # %% ../../nbs/25b_eagrl_rewards.ipynb #7938d9af
 OUTCOME_DEFAULTS = dict(eps=0.01, bonus=0.5, confident=0.8, malformed=-6.0)
@@ -100,12 +100,25 @@ def _top(x) -> list[str]:
     return [str(f) for f in x]
 
 
+GUIDANCE = ("expert", "ensemble")
+
+
+def guidance_prefix(task=None, guidance: str | None = None) -> str:
+    "Which row columns guide: `expert` (`expert_top`, `expert_saliency`) or `ensemble` (several experts combined)."
+    g = _param(task, "guidance", guidance, "expert")
+    if g not in GUIDANCE: raise ValueError(f"guidance must be one of {GUIDANCE}, got {g!r}")
+    return g
+
+
 def get_eagrl_text_alignment_reward(
-    task=None,  # unused beyond the signature every factory shares
+    task=None,  # an `ehr_prediction` task (its `guidance` picks the expert columns)
+    guidance: str | None = None,  # expert | ensemble (default: the task's)
 ) -> Callable:
-    "TRL reward `eagrl_text_alignment_reward`: IoU of `<Important Features>` with the row's `expert_top`; 0 if malformed; None without an expert."
-    def eagrl_text_alignment_reward(completions, expert_top=None, **kwargs) -> list[float | None]:
+    "TRL reward `eagrl_text_alignment_reward`: IoU of `<Important Features>` with the row's `expert_top` (or `ensemble_top`); 0 if malformed; None without an expert."
+    col = guidance_prefix(task, guidance) + "_top"
+    def eagrl_text_alignment_reward(completions, **kwargs) -> list[float | None]:
         "IoU of the named features with the expert's top-k."
+        expert_top = kwargs.get(col)
         comps = _as_list(completions)
         tops = list(expert_top) if expert_top is not None else [None] * len(comps)
         out = []
@@ -147,7 +160,9 @@ class AttentionAlignmentReward:
                  batch_size: int = 8,  # texts per no-grad pass
                  require_format: bool = True,  # malformed completions score 0 without a pass
                  model=None, tokenizer=None,  # the policy; usually set later by `bind`
+                 guidance: str = "expert",  # expert | ensemble: which saliency column the policy is aligned with
                 ):
+        self.column = guidance_prefix(None, guidance) + "_saliency"
         if metric not in ALIGNMENT_METRICS: raise ValueError(f"unknown alignment metric {metric!r}: use one of {ALIGNMENT_METRICS}")
         self.metric, self.k, self.batch_size, self.require_format = metric, int(k), int(batch_size), require_format
         self.layers = None if layers is None or len(layers) == 0 else list(layers)
@@ -160,14 +175,14 @@ class AttentionAlignmentReward:
         self.model, self.tokenizer, self.template_kw = model, tokenizer, template_kw
         return self
 
-    def __call__(self, prompts, completions, feature_spans=None, expert_saliency=None, planted=None,
-                 log_metric=None, **kwargs) -> list[float | None]:
+    def __call__(self, prompts, completions, feature_spans=None, planted=None, log_metric=None, **kwargs) -> list[float | None]:
+        expert_saliency = kwargs.get(self.column)
         if self.model is None or self.tokenizer is None:
             raise RuntimeError("eagrl_attention_alignment_reward is not bound to a model: train with "
                                "ehr_rlvr.eagrl.trainer.EAGRLTrainer or call .bind(model, tokenizer)")
         n = len(completions)
         if feature_spans is None or expert_saliency is None:
-            raise ValueError("eagrl_attention_alignment_reward needs the row columns feature_spans and expert_saliency")
+            raise ValueError(f"eagrl_attention_alignment_reward needs the row columns feature_spans and {self.column}")
         out: list = [None] * n
         texts, spans, q0, keep, experts = [], [], [], [], []
         for i in range(n):
@@ -203,7 +218,36 @@ def get_eagrl_attention_alignment_reward(
 ) -> AttentionAlignmentReward:
     "The attention-alignment reward object (bind it to the policy, or train with `EAGRLTrainer`)."
     return AttentionAlignmentReward(_param(task, "alignment_metric", metric, "spearman"), _param(task, "alignment_k", k, 3),
-                                    _param(task, "attention_layers", layers, [-1]), batch_size, require_format, model, tokenizer)
+                                    _param(task, "attention_layers", layers, [-1]), batch_size, require_format, model, tokenizer,
+                                    guidance_prefix(task))
+
+
+def attention_shares(
+    model, tokenizer,  # the policy and its tokenizer
+    prompts: list,  # chat prompts (or rendered strings)
+    completions: list[str],  # one completion per prompt
+    feature_spans: list,  # per prompt: feature -> span in the user message (dict or JSON)
+    groups: dict[str, list],  # name -> per prompt the features of that group (e.g. planted, expert_top)
+    layers: Sequence[int] | None = (-1,),  # 0-based layers (None: all)
+    batch_size: int = 8,  # texts per no-grad pass
+) -> dict[str, list[float]]:
+    "Per group, each completion's share of feature attention on the group's features (NaN: empty group or empty completion)."
+    n = len(prompts)
+    texts, spans, q0, keep = [], [], [], []
+    for i in range(n):
+        c = completion_text(completions[i]) or ""
+        if not c.strip(): continue
+        rendered = render_prompt(tokenizer, prompts[i])
+        sp = {f: tuple(v) for f, v in _json_obj(feature_spans[i], "feature_spans", i).items()}
+        if not isinstance(prompts[i], str): sp = shift_spans(rendered, _user_message(prompts[i]), sp)
+        texts.append(rendered + c); spans.append(sp); q0.append(len(rendered)); keep.append(i)
+    att = feature_attention_batch(model, tokenizer, texts, spans, q0, layers, batch_size) if keep else []
+    out = {g: [float("nan")] * n for g in groups}
+    for i, a in zip(keep, att):
+        for g, feats in groups.items():
+            fs = [f for f in _top(feats[i]) if f in a]
+            if fs: out[g][i] = attention_share(a, fs)
+    return out
 
 
 REWARDS.update({"eagrl_outcome": get_eagrl_outcome_reward, "eagrl_text_alignment": get_eagrl_text_alignment_reward,

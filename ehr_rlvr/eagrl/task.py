@@ -19,8 +19,8 @@ from ..rewards import Parsed
 from ..tasks import Task, assert_disjoint, check_rows, register_task
 
 # %% auto #0
-__all__ = ['EXPERTS', 'DEFAULT_WEIGHTS', 'oracle_saliency', 'read_saliency', 'cohort_and_expert', 'train_stats',
-           'abnormal_features', 'ehr_rows', 'EHRPredictionTask']
+__all__ = ['EXPERTS', 'COMBINE', 'DEFAULT_WEIGHTS', 'oracle_saliency', 'read_saliency', 'cross_split', 'cohort_and_expert',
+           'combine_scores', 'ensemble_guidance', 'train_stats', 'abnormal_features', 'ehr_rows', 'EHRPredictionTask']
 
 # %% ../../nbs/25a_eagrl_task.ipynb #3001a74b
 EXPERTS = ("gru", "transformer", "concare", "oracle", "none")
@@ -75,6 +75,11 @@ def read_saliency(
     return load_saliency(paths)
 
 
+def cross_split(c: dict) -> str:
+    "The split name of a cross-dataset entry `{source, data[, outcome]}`: `cross_tjh`, `cross_mimic_iv`."
+    return "cross_" + str(c["source"]).replace("-", "_")
+
+
 def cohort_and_expert(
     p: dict,  # the task's parameters
     seed: int,  # split (and expert training) seed
@@ -101,6 +106,45 @@ def cohort_and_expert(
     scores, _, method = cohort_saliency(ex, cohort, np.arange(len(cohort)), p["saliency_method"])
     return cohort, ex["splits"], scores, {"expert": p["expert"], "method": method, "test_auroc": ex["test"].get("auroc"),
                                           "epochs_run": ex["epochs_run"]}
+
+
+COMBINE = ("mean", "rank", "max")
+
+
+def combine_scores(
+    scores: list[np.ndarray],  # per expert [N, F] saliency (each row sums to 1)
+    how: str = "mean",  # mean of the normalised scores | rank (mean normalised rank, Borda) | max
+) -> np.ndarray:
+    "[N, F] one guidance from several experts' saliencies, each row summing to 1."
+    if how not in COMBINE: raise ValueError(f"task_params.ensemble_combine must be one of {COMBINE}, got {how!r}")
+    if not scores: raise ValueError("combine_scores needs at least one expert's scores")
+    S = np.stack([np.abs(s) / np.maximum(np.abs(s).sum(1, keepdims=True), 1e-12) for s in scores])  # [E, N, F]
+    if how == "rank":  # each expert's ranks (0 = least salient), ties averaged, scaled to [0, 1]
+        r = np.argsort(np.argsort(S, axis=2, kind="stable"), axis=2, kind="stable").astype(float)
+        S = r / max(S.shape[2] - 1, 1)
+    out = S.max(0) if how == "max" else S.mean(0)
+    return out / np.maximum(out.sum(1, keepdims=True), 1e-12)
+
+
+def ensemble_guidance(
+    cohort: Cohort,  # the cohort
+    p: dict,  # the task's parameters (`ensemble_experts`, `ensemble_combine`, `saliency_method`, `expert_epochs`)
+    seed: int,  # split and training seed (the same split as the main expert)
+    fracs: tuple[float, float, float],  # train / val / test fractions
+) -> tuple[np.ndarray | None, dict]:
+    "Several experts trained in memory on the task's split, their saliencies combined: EAG-RL's stated future work."
+    names = list(p["ensemble_experts"])
+    if not names: return None, {}
+    bad = [n for n in names if n not in ("gru", "transformer", "concare")]
+    if bad: raise ValueError(f"task_params.ensemble_experts: {bad} are not expert models (gru, transformer, concare)")
+    from ehr_rlvr.ehr.synthetic import cohort_saliency, train_cohort_expert
+    hp = {"epochs": int(p["expert_epochs"])} if p["expert_epochs"] else {}
+    scores, info = [], {}
+    for n in names:
+        ex = train_cohort_expert(cohort, n, seed=seed, split_seed=seed, fracs=fracs, n_boot=100, **hp)
+        s, _, method = cohort_saliency(ex, cohort, np.arange(len(cohort)), p["saliency_method"])
+        scores.append(s); info[n] = {"method": method, "test_auroc": ex["test"].get("auroc")}
+    return combine_scores(scores, p["ensemble_combine"]), {"ensemble": info, "ensemble_combine": p["ensemble_combine"]}
 
 
 def _synthetic(p: dict) -> Cohort:
@@ -130,6 +174,13 @@ def abnormal_features(cohort: Cohort, i: int, names: list[str], mu: np.ndarray, 
     return sorted(names, key=lambda f: -z[f])[:k]
 
 
+def _row_guidance(scores, i, features, col, k) -> tuple[dict, list]:
+    "A sample's saliency over its prompt's features and its top-k (stable: ties keep the prompt's order); empty without scores."
+    if scores is None or not np.isfinite(scores[i]).all(): return {}, []
+    sal = {f: float(scores[i, col[f]]) for f in features}
+    return sal, sorted(features, key=lambda f: -sal[f])[:k]
+
+
 def ehr_rows(
     cohort: Cohort,  # the cohort
     idx: np.ndarray,  # sample indices to render
@@ -139,6 +190,7 @@ def ehr_rows(
     stats: tuple[np.ndarray, np.ndarray],  # training mean / SD per feature
     style: str = "compact",  # prompt style
     task_name: str = "ehr_prediction",  # the rows' `task`
+    ensemble: np.ndarray | None = None,  # [N, F] several experts' combined saliency (multi-expert guidance)
 ) -> list[dict]:
     "The task rows of samples `idx`."
     units = MIMIC_UNITS if p["units"] else None
@@ -150,10 +202,8 @@ def ehr_rows(
         i = int(i)
         s = serialize_patient(cohort, i, order_seed=order, units=units, skip_unmeasured=bool(p["skip_unmeasured"]),
                               prefix=PREFIXES[style], suffix="\n" + QUESTIONS[cohort.task])
-        sal, top = {}, []
-        if scores is not None and np.isfinite(scores[i]).all():
-            sal = {f: float(scores[i, col[f]]) for f in s.features}
-            top = sorted(s.features, key=lambda f: -sal[f])[:k]  # stable: ties keep the prompt's order
+        sal, top = _row_guidance(scores, i, s.features, col, k)
+        ens, ens_top = _row_guidance(ensemble, i, s.features, col, k)
         X = cohort.X[i, :int(cohort.lengths[i])]
         abnormal = abnormal_features(cohort, i, s.features, *stats, k)
         cite = list(dict.fromkeys(top + abnormal))
@@ -163,6 +213,7 @@ def ehr_rows(
                      "n_visits": int(cohort.lengths[i]), "source": cohort.dataset, "outcome": cohort.task,
                      "feature_spans": json.dumps({f: list(v) for f, v in s.spans.items()}),
                      "expert_saliency": json.dumps(sal), "expert_top": top, "planted": planted,
+                     "ensemble_saliency": json.dumps(ens), "ensemble_top": ens_top,
                      "abnormal_top": abnormal,
                      "cited_values": json.dumps({f: [None if not np.isfinite(v) else float(v) for v in X[:, col[f]]] for f in cite})})
     return rows
@@ -188,8 +239,11 @@ class EHRPredictionTask(Task):
               "outcome_confident": OUTCOME_DEFAULTS["confident"], "malformed": OUTCOME_DEFAULTS["malformed"],
               "alignment_metric": "spearman", "alignment_k": 3, "attention_layers": [-1],
               "attention_aux_coef": 0.0, "aux_layers": [-1], "entropy_clip_power": 0.0, "entropy_clip_min": -1.0,
-              "entropy_clip_max": -1.0, "pretrain_patients": 1000}
+              "entropy_clip_max": -1.0, "pretrain_patients": 1000,
+              "ensemble_experts": [], "ensemble_combine": "mean", "guidance": "expert",
+              "permuted_split": False, "permutation_seed": 1, "cross": [], "measure_rows": 64}
     PARAM_TYPES = {"data": (str, os.PathLike), "saliency": (str, os.PathLike, list)}
+    view_splits = {"test_permuted": "test"}  # the test rows with every patient's feature lines in a seeded random order
 
     def _check(self, p: dict) -> None:
         if p["source"] not in ("synthetic", "tjh", "mimic-iv"):
@@ -198,6 +252,13 @@ class EHRPredictionTask(Task):
         if p["sft_target"] not in ("label", "expert"): raise ValueError(f"task_params.sft_target must be label | expert, got {p['sft_target']!r}")
         if not 0.5 <= p["sft_confidence"] <= 1: raise ValueError(f"task_params.sft_confidence must be in [0.5, 1], got {p['sft_confidence']}")
         if p["top_k"] < 1: raise ValueError(f"task_params.top_k must be >= 1, got {p['top_k']}")
+        if p["guidance"] not in ("expert", "ensemble"): raise ValueError(f"task_params.guidance must be expert | ensemble, got {p['guidance']!r}")
+        if p["ensemble_combine"] not in COMBINE: raise ValueError(f"task_params.ensemble_combine must be one of {COMBINE}, got {p['ensemble_combine']!r}")
+        if p["ensemble_experts"] and p["saliency"]:
+            raise ValueError("task_params.ensemble_experts trains experts on the task's own split; with exports (`saliency`) give a list of exports instead")
+        for j, c in enumerate(p["cross"]):
+            if not isinstance(c, dict) or c.get("source") not in ("tjh", "mimic-iv") or not c.get("data"):
+                raise ValueError(f"task_params.cross[{j}] must be {{source: tjh | mimic-iv, data: PATH[, outcome]}}, got {c!r}")
 
     def build_splits(self, out_dir=None, seed: int = 0, style: str = "compact", val_frac: float = 0.1, test_frac: float = 0.2,
                      **params) -> "datasets.DatasetDict":
@@ -205,12 +266,24 @@ class EHRPredictionTask(Task):
         import datasets
         p = self.merged(params); self._check(p)
         cohort, splits, scores, info = cohort_and_expert(p, seed, _fracs(val_frac, test_frac))
+        ensemble, ens_info = ensemble_guidance(cohort, p, seed, _fracs(val_frac, test_frac))
         ix = split_indices(cohort, splits)
         stats = train_stats(cohort, ix["train"])
-        dd = datasets.DatasetDict({s: datasets.Dataset.from_list(ehr_rows(cohort, ix[s], s, p, scores, stats, style, self.name))
-                                   for s in ("train", "val", "test")})
+        rows = lambda s, q, i: datasets.Dataset.from_list(ehr_rows(cohort, i, s, q, scores, stats, style, self.name, ensemble))
+        dd = datasets.DatasetDict({s: rows(s, p, ix[s]) for s in ("train", "val", "test")})
         assert_disjoint({s: set(dd[s]["group_id"]) for s in dd})
+        if p["permuted_split"]:  # robustness: the same test rows, each patient's feature lines in a seeded random order
+            dd["test_permuted"] = rows("test_permuted", {**p, "order_seed": int(p["permutation_seed"])}, ix["test"])
+        for c in p["cross"]:  # generalization: every sample of another dataset (no expert: only the outcome is scored)
+            dd[cross_split(c)] = self.load_rows(c["data"], style=style, source=c["source"],
+                                                outcome=c.get("outcome", p["outcome"]), saliency="", ensemble_experts=[], cross=[])
         for s in dd: check_rows(dd[s], self.name)
+        info = info | ens_info
+        if "planted_features" in cohort.info and scores is not None:
+            from ehr_rlvr.ehr.synthetic import planted_recall
+            info["planted_recall"] = planted_recall(scores, cohort.feature_names, cohort.info["planted_features"], int(p["top_k"]))["per_patient"]
+            if ensemble is not None:
+                info["ensemble_planted_recall"] = planted_recall(ensemble, cohort.feature_names, cohort.info["planted_features"], int(p["top_k"]))["per_patient"]
         self.load_info = info | {"n_samples": len(cohort), "n_persons": len(set(cohort.patient_ids)),
                                  "prevalence": float(cohort.y.mean()), **{f"n_{s}": len(dd[s]) for s in dd}}
         if out_dir is not None:
@@ -241,6 +314,7 @@ class EHRPredictionTask(Task):
         cohort = _synthetic(p)
         idx = np.arange(len(cohort))
         rows = ehr_rows(cohort, idx, "pretrain", p, oracle_saliency(cohort), train_stats(cohort, idx), style, self.name)
+        rows = [r | {"ensemble_saliency": r["expert_saliency"], "ensemble_top": r["expert_top"]} for r in rows]
         return datasets.Dataset.from_list([r | {"id": "pretrain-" + r["id"], "group_id": "pretrain-" + r["group_id"]} for r in rows])
 
     def parse(self, completion) -> Parsed: return parse_eagrl_answer(completion)
@@ -270,6 +344,7 @@ class EHRPredictionTask(Task):
             steps, feats = templated_steps(row["outcome"], int(row["n_visits"]), prob, {f: vals[f] for f in top}), top
         else:
             steps, feats = templated_steps(row["outcome"], int(row["n_visits"]), prob), list(row["abnormal_top"])
+        if not feats: return None  # a record with no measured feature (TJH: 9 one-visit patients) has nothing to cite
         return format_eagrl_answer(steps, feats, prob)
 
     def plain_completion(self, completion: str) -> str:
@@ -294,10 +369,22 @@ class EHRPredictionTask(Task):
         from ehr_rlvr.eagrl.trainer import EAGRLTrainer
         return EAGRLTrainer
 
+    def model_measures(self, model, tokenizer, rows, completions: list[str]) -> dict[str, list]:
+        "The policy's attention share on the planted features and on the expert's top-k (prompt + completion, `attention_layers`), on the first `measure_rows` rows."
+        from ehr_rlvr.eagrl.rewards import attention_shares
+        n = min(len(rows), int(self.params["measure_rows"]))
+        if n == 0 or "feature_spans" not in getattr(rows, "column_names", rows[0] if len(rows) else {}): return {}
+        sub = [rows[i] for i in range(n)]
+        sh = attention_shares(model, tokenizer, [r["prompt"] for r in sub], completions[:n], [r["feature_spans"] for r in sub],
+                              {"planted": [r["planted"] for r in sub], "expert_top": [r["expert_top"] for r in sub]},
+                              layers=list(self.params["attention_layers"]) or None)
+        return {f"attention_share_{k}": v + [float("nan")] * (len(rows) - n) for k, v in sh.items() if np.isfinite(v).any()}
+
     def grpo_trainer_kwargs(self) -> dict:
         "`EAGRLTrainer` options from the task parameters (a negative clip bound: the trainer's default)."
         p = self.params
         return dict(attention_aux_coef=float(p["attention_aux_coef"]), aux_layers=list(p["aux_layers"]) or None,
                     entropy_clip_power=float(p["entropy_clip_power"]),
                     entropy_clip_min=None if p["entropy_clip_min"] < 0 else float(p["entropy_clip_min"]),
-                    entropy_clip_max=None if p["entropy_clip_max"] < 0 else float(p["entropy_clip_max"]))
+                    entropy_clip_max=None if p["entropy_clip_max"] < 0 else float(p["entropy_clip_max"]),
+                    guidance_column=f"{p['guidance']}_saliency")

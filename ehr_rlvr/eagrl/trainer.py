@@ -105,7 +105,9 @@ class EAGRLTrainer(GRPOTrainer):
                  entropy_clip_power: float = 0.0,  # λ of the entropy-dependent upper clip (0: TRL's constant)
                  entropy_clip_min: float | None = None,  # lowest upper clip (default epsilon_high)
                  entropy_clip_max: float | None = None,  # highest upper clip (default 2 * epsilon_high)
+                 guidance_column: str = "expert_saliency",  # the row column the auxiliary loss aligns with (ensemble_saliency: several experts)
                  **kwargs):
+        self.guidance_column = guidance_column
         super().__init__(*args, **kwargs)
         if attention_aux_coef < 0 or entropy_clip_power < 0: raise ValueError("attention_aux_coef and entropy_clip_power must be >= 0")
         if attention_aux_coef and self.args.gradient_checkpointing:
@@ -125,10 +127,10 @@ class EAGRLTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
         if self.attention_aux_coef:
-            for c in ("feature_spans", "expert_saliency"):
+            for c in ("feature_spans", self.guidance_column):
                 if c not in inputs[0]: raise ValueError(f"attention_aux_coef > 0 needs the row column {c!r} (task ehr_prediction)")
             masks = feature_masks(self.processing_class, [x["prompt"] for x in inputs], out["prompt_ids"], out["prompt_mask"],
-                                  [x["feature_spans"] for x in inputs], [x["expert_saliency"] for x in inputs],
+                                  [x["feature_spans"] for x in inputs], [x[self.guidance_column] for x in inputs],
                                   self.chat_template, **self.chat_template_kwargs)
             out.update({k: v.to(out["prompt_ids"].device) for k, v in masks.items()})
         return out
