@@ -183,5 +183,6 @@ def test_sft_stage_trains_on_searched_trajectories(eagrl_run, tmp_path):
                                         sft_max_steps=1, sft_batch_size=3, max_length=1024))
     assert (run / "models" / "sft_mcts" / "model.safetensors").exists()
     out = json.loads((tmp_path / "out.ipynb").read_text())
-    text = "".join(o.get("text", "") for c in out["cells"] for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    text = "".join("".join(o["text"]) if isinstance(o["text"], list) else o["text"]
+                   for c in out["cells"] for o in c.get("outputs", []) if o.get("output_type") == "stream")
     assert "3 SFT rows (all)" in text, text[-500:]
