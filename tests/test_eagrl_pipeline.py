@@ -98,6 +98,11 @@ def test_model_measures_are_attention_shares_on_the_first_rows():
     assert len(v) == len(rows) and np.isfinite(v[:3]).all() and np.isnan(v[3:]).all() and ((v[:3] > 0) & (v[:3] < 1)).all()
     # the oracle's top-3 holds the 2 planted features: at least their share
     assert (np.array(m["attention_share_expert_top"])[:3] >= v[:3] - 1e-9).all()
+    # a record with no measured feature (TJH has a few) has no spans: NaN, not an error
+    from ehr_rlvr.eagrl.rewards import attention_shares
+    sh = attention_shares(model, tok, [rows[0]["prompt"]] * 2, comps[:2], ["{}", rows[0]["feature_spans"]],
+                          {"planted": [rows[0]["planted"]] * 2})
+    assert np.isnan(sh["planted"][0]) and sh["planted"][1] == pytest.approx(v[0], abs=1e-4)  # batching: float32 noise
 
 
 def test_sft_rows_from_a_file_are_checked_against_the_training_rows(tmp_path):

@@ -239,6 +239,7 @@ def attention_shares(
         if not c.strip(): continue
         rendered = render_prompt(tokenizer, prompts[i])
         sp = {f: tuple(v) for f, v in _json_obj(feature_spans[i], "feature_spans", i).items()}
+        if not sp: continue  # a record with no measured feature (TJH has a few): nothing to attend to
         if not isinstance(prompts[i], str): sp = shift_spans(rendered, _user_message(prompts[i]), sp)
         texts.append(rendered + c); spans.append(sp); q0.append(len(rendered)); keep.append(i)
     att = feature_attention_batch(model, tokenizer, texts, spans, q0, layers, batch_size) if keep else []
