@@ -19,8 +19,8 @@ from .metrics import KIND_METRICS, bootstrap_ci, measure_fn, metric_fn, row_arra
 __all__ = ['RESULT_COLUMNS', 'REGIME_ORDER', 'COMPARISONS', 'COMPARISON_COLUMNS', 'COLORS', 'SEED_RESULT_COLUMNS',
            'SEED_COMPARISON_COLUMNS', 'MCTS_METRICS', 'eval_dirs', 'regime_label', 'gather_results', 'regime_sort_key',
            'sft_knowledge_table', 'extended_pairs', 'same_row_suffixes', 'eval_info', 'paired_comparisons',
-           'plot_regimes', 'rl_history', 'plot_rl_curves', 'seed_predictions', 'cross_seed_report', 'cross_seed_all',
-           'mcts_seed_table', 'plot_seed_results']
+           'regime_color', 'plot_regimes', 'rl_history', 'plot_rl_curves', 'seed_predictions', 'cross_seed_report',
+           'cross_seed_all', 'mcts_seed_table', 'plot_seed_results']
 
 # %% ../nbs/09_report.ipynb #b14470b8
 RESULT_COLUMNS = ["task", "regime", "metric", "value", "ci_low", "ci_high", "n"]
@@ -186,7 +186,22 @@ def paired_comparisons(run_dir: str | Path,  # the run directory
     return pd.DataFrame(recs, columns=COMPARISON_COLUMNS)
 
 # %% ../nbs/09_report.ipynb #c87781e2
-COLORS = {"base": "#9e9e9e", "sft": "#4c72b0", "rlvr": "#dd8452", "sft_rlvr": "#55a868"}
+COLORS = {"base": "#9e9e9e", "sft": "#4c72b0", "rlvr": "#dd8452", "sft_rlvr": "#55a868",
+          "rl_outcome": "#dd8452", "rl_text": "#c44e52", "rl_attention": "#55a868", "rl_attention_aux": "#64b5cd",
+          "rl_attention_upclip": "#8c8c8c", "rl_attention_multi": "#937860", "sft_mcts": "#da8bc3", "sft_mcts_rl": "#8172b3"}
+
+
+def regime_color(label: str) -> str:
+    "A regime's colour; on another evaluation set (`regime@split`) the same colour, lighter."
+    regime, _, suffix = label.partition("@")
+    c = COLORS.get(regime, "#8172b3")
+    return c + "88" if suffix else c
+
+
+def _regime_ticks(ax, positions, labels) -> None:
+    "x tick labels, slanted when there are many."
+    many = len(labels) > 6
+    ax.set_xticks(list(positions), list(labels), rotation=35 if many else 0, ha="right" if many else "center", fontsize=8 if many else None)
 
 
 def plot_regimes(results: pd.DataFrame,  # from `gather_results`
@@ -205,8 +220,8 @@ def plot_regimes(results: pd.DataFrame,  # from `gather_results`
         s = d[d["task"] == task]
         x = range(len(s))
         err = [s["value"] - s["ci_low"], s["ci_high"] - s["value"]]
-        a.bar(x, s["value"], yerr=err, capsize=4, color=[COLORS.get(r, "#8172b3") for r in s["regime"]])
-        a.set_xticks(list(x), s["regime"])
+        a.bar(x, s["value"], yerr=err, capsize=4, color=[regime_color(r) for r in s["regime"]])
+        _regime_ticks(a, x, s["regime"])
         for xi, v in zip(x, s["value"]):
             a.text(xi, v + 0.01, f"{v:.2f}", ha="center", va="bottom", fontsize=9)
         a.set_ylim(0, min(1.05, max(0.1, float((s["ci_high"]).max()) + 0.1)))
@@ -384,13 +399,13 @@ def plot_seed_results(rep: dict[str, pd.DataFrame],  # from `cross_seed_report`
     seeds = sorted(per_seed["seed"].unique())
     marks = dict(zip(seeds, "os^Dvp<>h*" * 10))
     for i, r in res.iterrows():
-        a.bar(i, r["value"], color=COLORS.get(r["regime"], "#8172b3"), alpha=0.55, capsize=4,
+        a.bar(i, r["value"], color=regime_color(r["regime"]), alpha=0.55, capsize=4,
               yerr=[[r["value"] - r["ci_low"]], [r["ci_high"] - r["value"]]])
         for j, s in enumerate(seeds):
             v = per_seed.query("regime == @r.regime and metric == @metric and seed == @s")["value"]
             a.scatter(i + (j - (len(seeds) - 1) / 2) * 0.12, v, marker=marks[s], color="k", s=18, zorder=3,
                       label=f"seed {s}" if i == 0 else None)
-    a.set_xticks(range(len(res)), res["regime"])
+    _regime_ticks(a, range(len(res)), res["regime"])
     a.set_title(f"{metric}: each seed, and the mean with its 95 % CI")
     a.legend(fontsize=8, loc="best")
     a.grid(axis="y", alpha=0.3)
