@@ -66,21 +66,32 @@ def pass_at_k(n: int,  # samples drawn for the question
 
 # %% ../nbs/05_metrics.ipynb #ee249c3e
 def auroc(y_true: Sequence, y_score: Sequence) -> float:
-    "Area under the ROC curve (ValueError when only one class is present)."
-    from sklearn.metrics import roc_auc_score
-    y = np.asarray(y_true)
-    if len(np.unique(y)) < 2:
+    "Area under the ROC curve, the Mann-Whitney statistic with tied scores counted half (ValueError when only one class is present)."
+    y = np.asarray(y_true, dtype=float) == 1
+    n1 = int(y.sum()); n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
         raise ValueError("AUROC is undefined with a single class")
-    return float(roc_auc_score(y, np.asarray(y_score)))
+    s = np.asarray(y_score, dtype=float)
+    order = np.argsort(s, kind="mergesort")
+    start = np.r_[True, np.diff(s[order]) != 0]  # first row of each run of tied scores
+    run = np.cumsum(start) - 1
+    first = np.flatnonzero(start)
+    size = np.diff(np.r_[first, len(s)])
+    r = np.empty(len(s)); r[order] = (first + (size + 1) / 2)[run]  # 1-based average rank of each tie run
+    return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def auprc(y_true: Sequence, y_score: Sequence) -> float:
-    "Area under the precision-recall curve as average precision (ValueError when there is no positive)."
-    from sklearn.metrics import average_precision_score
-    y = np.asarray(y_true)
+    "Area under the precision-recall curve as average precision: Σ (R_t − R_t−1) P_t over distinct thresholds (ValueError when there is no positive)."
+    y, s = np.asarray(y_true, dtype=float), np.asarray(y_score, dtype=float)
     if y.sum() == 0:
         raise ValueError("AUPRC is undefined without positives")
-    return float(average_precision_score(y, np.asarray(y_score)))
+    order = np.argsort(-s, kind="mergesort")
+    y, s = y[order], s[order]
+    cut = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last row of each distinct score
+    tp = np.cumsum(y)[cut]
+    precision, recall = tp / (cut + 1), tp / tp[-1]
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
 
 # %% ../nbs/05_metrics.ipynb #9dd7069d
 KIND_METRICS: dict[str, tuple[str, ...]] = {
@@ -231,4 +242,14 @@ def metric_fn(kind: str,  # exact | label | probability
         return lambda rows, idx=None: float(np.mean(rows["format_ok"] if idx is None else rows["format_ok"][idx]))
     if name not in KIND_METRICS.get(kind, ()):
         raise ValueError(f"{name!r} is not a metric of answer kind {kind!r}; its metrics: {list(KIND_METRICS.get(kind, ()))}")
+    if kind == "probability" and name in ("auroc", "auprc"):  # the bootstrap's hot path: this metric alone
+        area = auroc if name == "auroc" else auprc
+        def f(rows, idx=None):
+            g, p = (rows["gold"], rows["prob"]) if idx is None else (rows["gold"][idx], rows["prob"][idx])
+            ok = np.isfinite(g)
+            try:
+                return area(g[ok], np.where(np.isfinite(p), p, 0.5)[ok])  # a malformed answer counts as 0.5
+            except ValueError:
+                return float("nan")
+        return f
     return lambda rows, idx=None: compute_metrics(kind, rows, n_labels, idx)[name]

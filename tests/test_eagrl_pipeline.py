@@ -84,6 +84,36 @@ def test_cross_dataset_split_holds_the_other_dataset():
         EHRPredictionTask(source="tjh", data="x", cross=[{"source": "eicu", "data": "y"}]).build_splits()
 
 
+@pytest.mark.skipif(not ((DATA_ROOT / "tjh").exists() and (DATA_ROOT / "mimic_iv_demo").exists()),
+                    reason=f"TJH and the MIMIC-IV demo not found under {DATA_ROOT} (set EHR_RLVR_DATA)")
+def test_max_features_keeps_the_most_measured_features_for_prompts_and_expert():
+    "TJH's 74 labs cut to the 16 measured in the most training patients: prompts, the expert and the cross rows agree."
+    from ehr_rlvr.ehr.cohorts import load_cohort, split_indices, split_patients
+    from ehr_rlvr.eagrl.task import most_measured
+    tjh = str(DATA_ROOT / "tjh")
+    full = EHRPredictionTask(source="tjh", data=tjh, expert="none").build_splits(seed=0)
+    t = EHRPredictionTask(source="tjh", data=tjh, expert="gru", expert_epochs=2, max_features=16,
+                          cross=[{"source": "mimic-iv", "data": str(DATA_ROOT / "mimic_iv_demo")}])
+    dd = t.build_splits(seed=0)
+    coh = load_cohort("tjh", "mortality", tjh)
+    train = split_indices(coh, split_patients(coh.patient_ids, coh.y, 0, (0.7, 0.1, 0.2)))["train"]
+    keep = most_measured(coh, train, 16)
+    counts = coh.mask[train].any(1).sum(0)
+    assert len(keep) == 16 and min(counts[coh.feature_names.index(f)] for f in keep) >= np.sort(counts)[-16]
+    shown = set()
+    for r in dd["train"]:
+        shown |= set(json.loads(r["feature_spans"]))
+        assert set(r["expert_top"]) <= set(keep)  # the expert was trained on the kept features only
+    assert shown <= set(keep) and len(shown) >= 12
+    assert {s: len(dd[s]) for s in ("train", "val", "test")} == {s: len(full[s]) for s in ("train", "val", "test")}
+    assert set(dd["test"]["id"]) == set(full["test"]["id"])  # the same split
+    size = lambda d: np.mean([len(r["prompt"][1]["content"]) for r in d])
+    assert size(dd["train"]) < 0.5 * size(full["train"])
+    assert max(len(json.loads(r["feature_spans"])) for r in dd["cross_mimic_iv"]) <= 16
+    with pytest.raises(ValueError, match="max_features would hide features"):
+        EHRPredictionTask(source="tjh", data=tjh, saliency="x.json", max_features=8).build_splits(seed=0)
+
+
 # ------------------------------------------------------------------------------------------- measures, SFT file
 def test_model_measures_are_attention_shares_on_the_first_rows():
     from ehr_rlvr.models import build_tiny_model, train_tokenizer

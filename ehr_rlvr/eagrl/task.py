@@ -19,8 +19,9 @@ from ..rewards import Parsed
 from ..tasks import Task, assert_disjoint, check_rows, register_task
 
 # %% auto #0
-__all__ = ['EXPERTS', 'COMBINE', 'DEFAULT_WEIGHTS', 'oracle_saliency', 'read_saliency', 'cross_split', 'cohort_and_expert',
-           'combine_scores', 'ensemble_guidance', 'train_stats', 'abnormal_features', 'ehr_rows', 'EHRPredictionTask']
+__all__ = ['EXPERTS', 'COMBINE', 'DEFAULT_WEIGHTS', 'oracle_saliency', 'read_saliency', 'most_measured', 'cross_split',
+           'cohort_and_expert', 'combine_scores', 'ensemble_guidance', 'train_stats', 'abnormal_features', 'ehr_rows',
+           'EHRPredictionTask']
 
 # %% ../../nbs/25a_eagrl_task.ipynb #3001a74b
 EXPERTS = ("gru", "transformer", "concare", "oracle", "none")
@@ -75,6 +76,13 @@ def read_saliency(
     return load_saliency(paths)
 
 
+def most_measured(cohort: Cohort, idx: np.ndarray, k: int) -> list[str]:
+    "The `k` features measured in the most samples among `idx` (ties: the cohort's order): a shorter prompt chosen without labels."
+    counts = cohort.mask[np.asarray(idx, dtype=np.int64)].any(1).sum(0)
+    keep = sorted(np.argsort(-counts, kind="stable")[:k].tolist())
+    return [cohort.feature_names[j] for j in keep]
+
+
 def cross_split(c: dict) -> str:
     "The split name of a cross-dataset entry `{source, data[, outcome]}`: `cross_tjh`, `cross_mimic_iv`."
     return "cross_" + str(c["source"]).replace("-", "_")
@@ -91,6 +99,10 @@ def cohort_and_expert(
     else:
         if not p["data"]: raise ValueError(f"task_params.data must give the {p['source']} dataset path")
         cohort = load_cohort(p["source"], p["outcome"], p["data"])
+    if int(p["max_features"]) > 0:
+        if p["saliency"]: raise ValueError("task_params.max_features would hide features a saliency export's expert saw: leave it 0 with `saliency`")
+        train = split_indices(cohort, split_patients(cohort.patient_ids, cohort.y, seed, fracs))["train"]  # the expert's split
+        cohort = cohort.features(most_measured(cohort, train, int(p["max_features"])))
     if p["saliency"]:
         scores, splits = _export_scores(read_saliency(p["saliency"], p["saliency_weights"]), cohort, str(p["saliency"]))
         missing = int(np.isnan(scores).all(1).sum())
@@ -241,7 +253,7 @@ class EHRPredictionTask(Task):
               "attention_aux_coef": 0.0, "aux_layers": [-1], "entropy_clip_power": 0.0, "entropy_clip_min": -1.0,
               "entropy_clip_max": -1.0, "pretrain_patients": 1000,
               "ensemble_experts": [], "ensemble_combine": "mean", "guidance": "expert",
-              "permuted_split": False, "permutation_seed": 1, "cross": [], "measure_rows": 64}
+              "permuted_split": False, "permutation_seed": 1, "cross": [], "measure_rows": 64, "max_features": 0}
     PARAM_TYPES = {"data": (str, os.PathLike), "saliency": (str, os.PathLike, list)}
     view_splits = {"test_permuted": "test"}  # the test rows with every patient's feature lines in a seeded random order
 
@@ -299,6 +311,8 @@ class EHRPredictionTask(Task):
         if p["source"] == "synthetic": raise ValueError("load_rows reads a dataset path: set task_params.source to tjh or mimic-iv")
         p = {**p, "data": str(data)}
         cohort = load_cohort(p["source"], p["outcome"], p["data"])
+        if int(p["max_features"]) > 0 and not p["saliency"]:
+            cohort = cohort.features(most_measured(cohort, np.arange(len(cohort)), int(p["max_features"])))
         scores = None
         if p["saliency"]:
             scores = _export_scores(read_saliency(p["saliency"], p["saliency_weights"]), cohort, str(p["saliency"]))[0]

@@ -66,6 +66,15 @@ class Cohort:
                       list(self.feature_names), list(self.static_names), self.dataset, self.task, self.time_unit,
                       dict(self.info))
 
+    def features(self, names: list[str]) -> Cohort:
+        "The cohort restricted to the time-series features `names` (kept in the cohort's order)."
+        unknown = [f for f in names if f not in self.feature_names]
+        if unknown: raise ValueError(f"{self.dataset}: features {unknown[:5]} are not in the cohort")
+        keep = [j for j, f in enumerate(self.feature_names) if f in set(names)]
+        return Cohort(self.X[:, :, keep], self.mask[:, :, keep], self.lengths, self.times, self.static, self.y, list(self.ids),
+                      list(self.patient_ids), [self.feature_names[j] for j in keep], list(self.static_names), self.dataset,
+                      self.task, self.time_unit, dict(self.info))
+
     def summary(self) -> dict:
         "Sizes, prevalence and missingness in one dict."
         valid = np.arange(self.X.shape[1])[None, :] < self.lengths[:, None]
