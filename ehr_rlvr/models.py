@@ -174,6 +174,7 @@ def n_params(model) -> int:
 # %% ../nbs/01_models.ipynb #e0149c65
 def save_model(model, tokenizer, path: str | Path,  # output folder
                card: dict | None = None,  # facts for the model card (stage, data, steps, metrics...)
+               state_dict: dict | None = None,  # the weights to write (a gathered FSDP / ZeRO-3 state dict); None: the model's own
               ) -> Path:
     "Save model + tokenizer as safetensors and write a model card (atomically: a killed save leaves no half model)."
     path = Path(path)
@@ -185,7 +186,7 @@ def save_model(model, tokenizer, path: str | Path,  # output folder
              *[f"- {k}: {v}" for k, v in card.items() if k != "title"], ""]
     with atomic_path(path) as tmp:
         tmp.mkdir(parents=True)
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text("\n".join(lines))
         (tmp / "model_card.json").write_text(json.dumps({"n_params": n_params(model), **card}, indent=2, default=str))

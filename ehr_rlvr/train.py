@@ -17,13 +17,14 @@ import torch
 from peft import LoraConfig
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
+from .models import save_model
 from .tasks import Task
 
 # %% auto #0
 __all__ = ['VLLM_MODES', 'cpu_bf16_supported', 'precision_kwargs', 'lora_config', 'sft_dataset', 'sft_dataset_from_file',
            'build_sft_config', 'build_grpo_config', 'grpo_dataset', 'grpo_trainer', 'discard_foreign_checkpoints',
            'last_complete_checkpoint', 'trainable_snapshot', 'changed', 'log_history', 'world_size',
-           'per_process_batch', 'vllm_kwargs']
+           'per_process_batch', 'save_policy', 'vllm_kwargs']
 
 # %% ../nbs/06_train.ipynb #29a71165
 def cpu_bf16_supported() -> bool:
@@ -288,6 +289,30 @@ def per_process_batch(global_batch: int,  # sequences per optimizer step over al
         raise ValueError(f"a global batch of {global_batch} (prompts_per_step × num_generations) cannot be split evenly "
                          f"over {n} processes: choose prompts_per_step so that the product divides by {n}")
     return global_batch // n
+
+
+def save_policy(trainer,  # a trained SFTTrainer / GRPOTrainer: every process calls this
+                tokenizer,  # saved with the model
+                path: str | Path,  # output folder (`runs/<id>/models/<name>`)
+                card: dict | None = None,  # facts for the model card
+                merge_lora: bool = False,  # merge a LoRA adapter into the base weights first
+               ) -> Path | None:
+    "Save the trained policy under any process layout; the path on the main process, None on the others."
+    from accelerate.utils import DistributedType
+    acc = trainer.accelerator
+    sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if merge_lora and sharded:
+        raise ValueError("merging a LoRA adapter is not supported under FSDP / DeepSpeed (the base weights are sharded): "
+                         "train LoRA with configs/accelerate/ddp.yaml (a LoRA policy fits one GPU) or fine-tune fully")
+    model = acc.unwrap_model(trainer.model)
+    state = None
+    if merge_lora:
+        model = model.merge_and_unload()
+    elif sharded:  # a collective: FSDP's full state dict, ZeRO-3's gathered 16-bit weights, on the main process
+        state = acc.get_state_dict(trainer.deepspeed if acc.distributed_type == DistributedType.DEEPSPEED else trainer.model)
+    out = save_model(model, tokenizer, path, card, state_dict=state) if acc.is_main_process else None
+    acc.wait_for_everyone()
+    return out
 
 
 def vllm_kwargs(use_vllm: bool = False,  # generate with vLLM instead of model.generate

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_grpo.py runs at its tiny CPU shape (so the GPU check cannot rot), and its offline installer."""
+"""benchmarks/gpu_grpo.py runs at its tiny CPU shape (so the GPU check cannot rot), its offline installer, and the sharded-save check's CPU mechanics."""
 import json
 import math
 import os
@@ -52,3 +52,18 @@ def test_wheel_script_targets_the_gpu_machine():
     assert "--python-version 3.12" in text and "manylinux_2_28_x86_64" in text and "trl==1.16.0" in text
     assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "prepare_gpu_wheels.sh")]).returncode == 0
     assert "benchmarks/wheels/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_sharded_save_check_runs_its_mechanics_on_two_cpu_processes(tmp_path):
+    "benchmarks/gpu_fsdp_save.py --cpu: two gloo processes save through save_policy what one process trains, and it loads."
+    out = tmp_path / "save.json"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_fsdp_save.py"), "--cpu", "--out", str(out)],
+                       cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["ok"] and r["processes"] == r["num_processes"] == 2 and "MULTI_CPU" in r["distributed_type"]
+    assert not r["missing_tensors"] and r["max_diff_vs_one_process"] <= r["tol"] < r["moved"]
+    # without a GPU the FSDP configuration is refused up front, not run as something else
+    q = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_fsdp_save.py")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert q.returncode != 0 and "no CUDA GPU visible" in q.stderr
