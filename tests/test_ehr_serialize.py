@@ -7,7 +7,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import re
-import time
 import warnings
 from pathlib import Path
 
@@ -97,7 +96,6 @@ def test_bad_input():
 
 def test_synthetic_truth_and_expert_recall():
     "The outcome depends on the planted features only, and a quickly trained expert's top-k saliency finds them."
-    t0 = time.time()
     syn = synthetic_cohort(seed=0)
     planted = syn.info["planted_features"]
     assert 0.2 < syn.y.mean() < 0.4 and len(set(syn.patient_ids)) == len(syn)
@@ -123,7 +121,6 @@ def test_synthetic_truth_and_expert_recall():
     sp = pay["metadata"]["splits"]
     assert not (set(sp["train"]) & set(sp["test"])) and sorted(sum(sp.values(), [])) == sorted(syn.ids)
     assert pay["metadata"]["planted_features"] == planted
-    assert time.time() - t0 < 60
 
 
 def test_serialized_prompt_to_feature_attention():

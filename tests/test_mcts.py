@@ -5,7 +5,6 @@ tiny transformers model, and the 25_mcts stage through papermill on a tiny run."
 import json
 import math
 import os
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -207,7 +206,6 @@ def test_search_on_a_real_tiny_model_end_to_end():
     import torch
     from ehr_rlvr.models import build_tiny_model, train_tokenizer
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
     tok = train_tokenizer([PROMPT[1]["content"], *ANSWERS.values(), *QUESTIONS[0], "Answer: Yes", "Answer: No"] * 10, vocab_size=300)
     llm = HFStepLLM(build_tiny_model(tok, "nano", seed=0), tok, temperature=1.0, seed=0)
     res = mcts_search(llm, PROMPT, FEATS, TOP, MCTSConfig(k=2, max_depth=1, simulations=2, max_new_tokens=8, final_max_new_tokens=12))
@@ -216,7 +214,6 @@ def test_search_on_a_real_tiny_model_end_to_end():
     assert all(t.terminal and t.depth == 2 for t in res.terminals)
     again = mcts_search(llm, PROMPT, FEATS, TOP, MCTSConfig(k=2, max_depth=1, simulations=2, max_new_tokens=8, final_max_new_tokens=12))
     assert [t.text for t in again.terminals] == [t.text for t in res.terminals]  # seeded: the same samples
-    assert time.perf_counter() - t0 < 20
 
 
 # ---------------------------------------------------------------------------------------------------- the stage
@@ -262,7 +259,6 @@ def test_stage_declares_its_parameters():
 
 def test_stage_writes_summary_trajectories_and_resumes(tiny_run):
     import papermill as pm
-    t0 = time.perf_counter()
     _stage(tiny_run, "mcts1")
     out = tiny_run / "mcts"
     summary = json.loads((out / "summary.json").read_text())
@@ -289,4 +285,3 @@ def test_stage_writes_summary_trajectories_and_resumes(tiny_run):
     # the multi arm refuses rows without the ensemble's saliency
     with pytest.raises(pm.PapermillExecutionError, match="ensemble_saliency"):
         _stage(tiny_run, "mcts3", mcts_arms=["guided", "multi"])
-    assert time.perf_counter() - t0 < 60
