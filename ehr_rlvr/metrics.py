@@ -11,8 +11,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 # %% auto #0
-__all__ = ['KIND_METRICS', 'NO_ANSWER', 'bootstrap_ci', 'accuracy', 'pass_at_k', 'auroc', 'auprc', 'confusion', 'per_class',
-           'label_metrics', 'brier', 'probability_metrics', 'row_arrays', 'compute_metrics', 'measure_fn', 'metric_fn']
+__all__ = ['KIND_METRICS', 'NO_ANSWER', 'MALFORMED_PROB', 'bootstrap_ci', 'accuracy', 'pass_at_k', 'auroc', 'auprc', 'confusion',
+           'per_class', 'label_metrics', 'brier', 'probability_metrics', 'row_arrays', 'compute_metrics', 'measure_fn',
+           'metric_fn']
 
 # %% ../nbs/05_metrics.ipynb #5e7d7c4c
 def bootstrap_ci(metric_fn: Callable[..., float],  # metric of aligned arrays, e.g. `accuracy`
@@ -147,6 +148,17 @@ def brier(y_true: Sequence, y_prob: Sequence) -> float:
     return float(np.mean((p - y) ** 2)) if len(y) else float("nan")
 
 
+MALFORMED_PROB = 0.5  # the probability a malformed answer is scored as by the ranking and Brier metrics
+
+
+def _area_or_nan(area: Callable, y: np.ndarray, p: np.ndarray) -> float:
+    "`area(y, p)`, or NaN where it is undefined (one class only)."
+    try:
+        return area(y, p)
+    except ValueError:
+        return float("nan")
+
+
 def probability_metrics(y: np.ndarray,  # 0/1 outcomes
                         prob: np.ndarray,  # predicted probabilities, NaN for a malformed completion
                        ) -> dict[str, float]:
@@ -154,15 +166,11 @@ def probability_metrics(y: np.ndarray,  # 0/1 outcomes
     y = np.asarray(y, dtype=float)
     p = np.asarray(prob, dtype=float)
     valid = np.isfinite(p)
-    p = np.where(valid, p, 0.5)
+    p = np.where(valid, p, MALFORMED_PROB)
     out = {"brier": brier(y, p), "accuracy": float(np.mean(valid & ((p > 0.5) == (y == 1)))) if len(y) else float("nan")}
     hard = label_metrics(confusion(y.astype(int), np.where(valid, (p > 0.5).astype(int), NO_ANSWER), 2))  # malformed: no answer
     out |= {"balanced_accuracy": hard["balanced_accuracy"], "macro_f1": hard["macro_f1"]}
-    for name, fn in (("auroc", auroc), ("auprc", auprc)):
-        try:
-            out[name] = fn(y, p)
-        except ValueError:
-            out[name] = float("nan")
+    out |= {"auroc": _area_or_nan(auroc, y, p), "auprc": _area_or_nan(auprc, y, p)}
     return {m: out[m] for m in KIND_METRICS["probability"]}
 
 
@@ -247,9 +255,6 @@ def metric_fn(kind: str,  # exact | label | probability
         def f(rows, idx=None):
             g, p = (rows["gold"], rows["prob"]) if idx is None else (rows["gold"][idx], rows["prob"][idx])
             ok = np.isfinite(g)
-            try:
-                return area(g[ok], np.where(np.isfinite(p), p, 0.5)[ok])  # a malformed answer counts as 0.5
-            except ValueError:
-                return float("nan")
+            return _area_or_nan(area, g[ok], np.where(np.isfinite(p), p, MALFORMED_PROB)[ok])
         return f
     return lambda rows, idx=None: compute_metrics(kind, rows, n_labels, idx)[name]
