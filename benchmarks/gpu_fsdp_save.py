@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,12 +53,6 @@ def worker(out: Path, model_dir: str) -> None:
                                                    "device": str(tr.accelerator.device)}))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _weights(folder: Path) -> dict:
     from safetensors.torch import load_file
     return {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
@@ -81,6 +74,7 @@ def main(argv=None) -> dict:
         install_wheels(a.wheels, site)
     import torch
 
+    from ehr_rlvr.core import free_port
     from ehr_rlvr.models import build_tiny_model, load_model, save_model, train_tokenizer
     gpus = torch.cuda.device_count()
     if not a.cpu and gpus == 0:
@@ -94,7 +88,7 @@ def main(argv=None) -> dict:
            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     runs = {"one": [sys.executable, __file__, "--worker", str(tmp / "one"), str(start_dir)],
             "launched": [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes",
-                         str(nproc), "--mixed_precision", "no", "--main_process_port", str(_free_port()), __file__, "--worker",
+                         str(nproc), "--mixed_precision", "no", "--main_process_port", str(free_port()), __file__, "--worker",
                          str(tmp / "launched"), str(start_dir)]}
     for name, cmd in runs.items():
         env_run = {k: v for k, v in env.items() if name == "launched" or k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}

@@ -25,8 +25,8 @@ import yaml
 
 # %% auto #0
 __all__ = ['RUN_ID_RE', 'PACKAGES', 'RESERVED_KEYS', 'project_root', 'new_run_id', 'check_run_id', 'run_dir', 'seed_everything',
-           'sha256_file', 'hash_inputs', 'package_versions', 'git_info', 'machine_info', 'atomic_path', 'write_json',
-           'write_manifest', 'update_manifest', 'ConfigError', 'load_config']
+           'sha256_file', 'hash_inputs', 'package_versions', 'git_info', 'machine_info', 'free_port', 'atomic_path',
+           'write_json', 'write_manifest', 'update_manifest', 'ConfigError', 'load_config']
 
 # %% ../nbs/00_core.ipynb #80ed60d2
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -158,6 +158,13 @@ def machine_info() -> dict[str, Any]:
     except Exception:  # torch missing or broken: the rest is still worth recording
         pass
     return info
+
+
+def free_port() -> int:
+    "A TCP port nothing listens on now (the rendezvous of a one-machine `accelerate launch`)."
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _remove(p: Path) -> None:

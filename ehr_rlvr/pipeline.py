@@ -24,8 +24,8 @@ import nbformat
 import papermill as pm
 from papermill.exceptions import PapermillExecutionError
 
-from .core import (ConfigError, atomic_path, check_run_id, load_config, new_run_id, project_root, sha256_file,
-                           update_manifest, write_manifest)
+from .core import (ConfigError, atomic_path, check_run_id, free_port, load_config, new_run_id, project_root,
+                           sha256_file, update_manifest, write_manifest)
 
 # %% auto #0
 __all__ = ['RUNNER_PARAMS', 'LOG_PATTERNS', 'LAUNCHER_KEYS', 'CROSS_SEED_STAGE', 'StageError', 'pipeline_dir', 'stage_parameters',
@@ -433,10 +433,23 @@ def launch_command(launcher: dict,  # from `check_launcher`
                    script: str | Path,  # the stage as a script
                    root: Path,  # project root
                   ) -> list[str]:
-    "The `accelerate launch` command line of a launched stage."
+    "The `accelerate launch` command line of a launched stage; on one machine with no port in its args, a free port."
     cfg_file = launcher["config_file"] if Path(launcher["config_file"]).is_absolute() else str(Path(root) / launcher["config_file"])
     n = ["--num_processes", str(launcher["num_processes"])] if launcher.get("num_processes") else []
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", cfg_file, *n, *launcher.get("args", []), str(script)]
+    args = launcher.get("args", [])
+    port = []  # two runs launched on one machine must not both rendezvous on the config's fixed port
+    if not any(a.startswith(("--main_process_port", "--num_machines")) for a in args) and _num_machines(cfg_file) == 1:
+        port = ["--main_process_port", str(free_port())]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", cfg_file, *n, *port, *args, str(script)]
+
+
+def _num_machines(cfg_file: str) -> int:
+    "`num_machines` of an accelerate config (1 when absent)."
+    import yaml
+    try:
+        return int((yaml.safe_load(Path(cfg_file).read_text()) or {}).get("num_machines") or 1)
+    except (OSError, yaml.YAMLError, TypeError, ValueError, AttributeError) as e:
+        raise ConfigError(f"launcher config {cfg_file}: cannot read num_machines ({e})") from None
 
 
 def _launch_error_line(text: str) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -39,12 +38,6 @@ GLOBAL_SFT_BATCH, PROMPTS, GROUP = 4, 2, 4  # SFT rows per step; GRPO prompts pe
 FIXED = ["<think>\nadd 2 and 3\n</think>\n<answer>\n5\n</answer>", "<think>\nadd them\n</think>\n<answer>5",
          "the answer is 5", "<think>\n</think>\n<answer>\n7\n</answer>\n</answer>"]
 PROMPT_TEXTS = ["What is 2 + 3?", "Add 4 and 4.", "Subtract 1 from 9.", "Double 6.", "Halve 10.", "What is 3 * 3?"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------------------------------------- worker
@@ -107,11 +100,12 @@ def _worker(out: Path, model_dir: str, phases: list[str]) -> None:
 
 # ------------------------------------------------------------------------------------------------------------ tests
 def _launch(out: Path, model_dir: Path, nproc: int, phases: list[str]) -> subprocess.CompletedProcess:
+    from ehr_rlvr.core import free_port
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_CONFIG), "--num_processes",
-           str(nproc), "--main_process_port", str(_free_port()), __file__, str(out), str(model_dir), ",".join(phases)]
+           str(nproc), "--main_process_port", str(free_port()), __file__, str(out), str(model_dir), ",".join(phases)]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, f"accelerate launch ({nproc} processes) failed:\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"
     return p
