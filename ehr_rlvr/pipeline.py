@@ -213,6 +213,10 @@ def stage_identity(stage: dict,  # from `resolve_stages`
     params = {k: v for k, v in stage["params"].items() if k not in ("run_dir", "stage_identity")}
     parts = {"notebook": stage["notebook"], "params": params, "code": code_digest(stage["path"], lib),
              "inputs": {str(p): _tree_digest(p) for p in _data_inputs(stage["params"], root)}, "upstream": upstream}
+    mid = params.get("model_id")
+    if isinstance(mid, str) and mid and not Path(mid).exists():  # a preset: the file it is made from is an input too
+        from ehr_rlvr.models import MODEL_PRESETS, preset_sha256
+        if mid in MODEL_PRESETS: parts["model"] = {mid: preset_sha256(mid)}
     if stage.get("launcher"):  # how many processes, and how they shard the model, is part of what a stage ran on
         cfg_file = Path(stage["launcher"]["config_file"])
         parts["launcher"] = {**stage["launcher"], "config_sha256": sha256_file(cfg_file if cfg_file.is_absolute() else Path(root) / cfg_file)}
