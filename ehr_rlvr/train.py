@@ -5,6 +5,8 @@
 # %% ../nbs/06_train.ipynb #cd2c47b6
 from __future__ import annotations
 
+import copy
+import functools
 import importlib.util
 import json
 import os
@@ -21,10 +23,11 @@ from .models import save_model
 from .tasks import Task
 
 # %% auto #0
-__all__ = ['VLLM_MODES', 'cpu_bf16_supported', 'precision_kwargs', 'lora_config', 'sft_dataset', 'sft_dataset_from_file',
-           'build_sft_config', 'build_grpo_config', 'grpo_dataset', 'grpo_trainer', 'discard_foreign_checkpoints',
-           'last_complete_checkpoint', 'trainable_snapshot', 'changed', 'log_history', 'world_size',
-           'per_process_batch', 'save_policy', 'vllm_kwargs']
+__all__ = ['VLLM_MODES', 'cpu_bf16_supported', 'precision_kwargs', 'lora_config', 'load_dtype', 'sft_dataset',
+           'sft_dataset_from_file', 'build_sft_config', 'build_grpo_config', 'grpo_dataset', 'grpo_trainer',
+           'discard_foreign_checkpoints', 'last_complete_checkpoint', 'trainable_snapshot', 'changed', 'log_history',
+           'world_size', 'per_process_batch', 'save_policy', 'vllm_kwargs', 'freeze_below_top_layers',
+           'generate_shared_prefix', 'SharedPrefixSampling', 'with_shared_prefix']
 
 # %% ../nbs/06_train.ipynb #29a71165
 def cpu_bf16_supported() -> bool:
@@ -66,6 +69,12 @@ def _dump(cfg, output_dir) -> None:
         return
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     (Path(output_dir) / "trainer_config.json").write_text(cfg.to_json_string())
+
+
+def load_dtype(precision: str = "auto",  # the stage's precision
+              ) -> str:
+    "The dtype to load a model for training: bf16 weights on a GPU asked for bf16; fp32 on a CPU (bf16 there is autocast over fp32 weights)."
+    return "bfloat16" if precision == "bf16" and torch.cuda.is_available() else "float32"
 
 # %% ../nbs/06_train.ipynb #de241d09
 def sft_dataset(task: Task,  # the task (gives the gold completion of a row)
@@ -207,6 +216,8 @@ def grpo_trainer(model, tokenizer,
                  cfg: GRPOConfig,  # from `build_grpo_config`
                  peft_config: LoraConfig | None = None,  # LoRA instead of a full fine-tune
                  reward_funcs: Sequence[str] = (),  # reward functions by name (`ehr_rlvr.rewards.REWARDS`); empty: the task's
+                 top_layers: int = 0,  # train only the top k decoder blocks (`freeze_below_top_layers`); 0: all
+                 shared_prefix: bool = False,  # sample each group from one prefilled prompt (`generate_shared_prefix`)
                  **scheme,  # parameters of the `answer` reward: correct, wrong, malformed
                 ) -> GRPOTrainer:
     "A GRPOTrainer on the task's rewards chosen by name; weights from the config, else the task's (1 for the first, 0 for the rest)."
@@ -220,7 +231,12 @@ def grpo_trainer(model, tokenizer,
     if len(cfg.reward_weights) != len(funcs):
         raise ValueError(f"reward_weights has {len(cfg.reward_weights)} values for {len(funcs)} reward functions "
                          f"{[f.__name__ for f in funcs]}")
+    if top_layers and peft_config is not None:
+        raise ValueError("choose LoRA or top-k layer training, not both")
+    freeze_below_top_layers(model, top_layers)
     trainer_cls = task.grpo_trainer_class() or GRPOTrainer  # a task may bring its own trainer (EAG-RL's attention terms)
+    if shared_prefix:
+        trainer_cls = with_shared_prefix(trainer_cls, cfg.cache_implementation or "dynamic")
     return trainer_cls(model=model, processing_class=tokenizer, reward_funcs=funcs, args=cfg,
                        train_dataset=grpo_dataset(rows), peft_config=peft_config, **task.grpo_trainer_kwargs())
 
@@ -345,3 +361,83 @@ def vllm_kwargs(use_vllm: bool = False,  # generate with vLLM instead of model.g
     return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": gpu_memory_utilization,
             "vllm_tensor_parallel_size": tensor_parallel_size, "vllm_max_model_length": max_model_length,
             "vllm_enable_sleep_mode": enable_sleep_mode}
+
+# %% ../nbs/06_train.ipynb #9f462aaf
+def freeze_below_top_layers(model,  # a decoder-only LM with `model.model.layers` (Llama, Qwen2, SmolLM2)
+                            k: int,  # decoder blocks to train, counted from the top; 0 leaves everything trainable
+                           ) -> int:
+    "Freeze every parameter except the last `k` decoder blocks and the final norm; returns the trainable count."
+    if k <= 0:
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    base = getattr(model, "model", None)
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise ValueError(f"top-k layer training needs a decoder with `model.layers`; {type(model).__name__} has none")
+    if k > len(layers):
+        raise ValueError(f"cannot train the top {k} layers of a model with {len(layers)}")
+    keep = {id(p) for blk in list(layers)[-k:] for p in blk.parameters()} | {id(p) for p in base.norm.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    "Position ids of a left-padded batch, as `generate` computes them."
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+
+
+@torch.no_grad()
+def generate_shared_prefix(model, input_ids: torch.Tensor,  # left-padded prompts, repeated rows allowed (a GRPO group)
+                           attention_mask: torch.Tensor,  # their attention mask
+                           generation_config,  # a `GenerationConfig` (its cache_implementation is ignored)
+                           cache: str = "dynamic",  # "dynamic" | "static": the cache decoding continues in
+                          ) -> torch.Tensor:
+    "`model.generate` that prefills each distinct prompt once and shares its KV cache among the rows repeating it."
+    from transformers import DynamicCache, StaticCache
+    if cache not in ("dynamic", "static"):
+        raise ValueError(f"cache must be 'dynamic' or 'static', got {cache!r}")
+    n = input_ids.shape[1]
+    if n < 2:
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config)
+    uniq, inverse = torch.unique(torch.cat([input_ids, attention_mask.to(input_ids.dtype)], 1), dim=0, return_inverse=True)
+    u_ids, u_mask = uniq[:, :n], uniq[:, n:]
+    pre = DynamicCache(config=model.config)  # all but the last prompt token: generate feeds that one itself
+    model(input_ids=u_ids[:, :-1], attention_mask=u_mask[:, :-1], position_ids=_positions(u_mask[:, :-1]),
+          past_key_values=pre, use_cache=True)
+    if cache == "static":
+        kv = StaticCache(config=model.config, max_cache_len=n + generation_config.max_new_tokens)
+        for i, layer in enumerate(pre.layers):
+            kv.update(layer.keys.index_select(0, inverse), layer.values.index_select(0, inverse), i)
+    else:
+        pre.batch_select_indices(inverse)
+        kv = pre
+    gc = copy.deepcopy(generation_config)
+    gc.cache_implementation = None
+    return model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=kv, generation_config=gc)
+
+
+class SharedPrefixSampling:
+    "GRPOTrainer mixin: plain-`generate` sampling through `generate_shared_prefix` (set `shared_prefix_cache`)."
+    shared_prefix_cache: str = "dynamic"
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if self.use_vllm or getattr(self, "use_transformers_continuous_batching", False) or images is not None or multimodal_fields:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+        from trl.models import unwrap_model_for_generation
+        from trl.trainer.utils import pad
+        device = self.accelerator.device
+        prompts = [torch.tensor(ids) for ids in prompt_ids]
+        ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+        mask = pad([torch.ones_like(t) for t in prompts], padding_value=0, padding_side="left").to(device)
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator, generation_kwargs=self.generation_kwargs) as m:
+            out = generate_shared_prefix(m, ids, mask, self.generation_config, self.shared_prefix_cache)
+        completion = out[:, ids.shape[1]:].cpu()
+        is_eos = torch.isin(completion, torch.tensor(self.eos_token_ids))
+        ends = torch.where(is_eos.any(1), is_eos.int().argmax(1), completion.shape[1])  # keep up to the first eos
+        return [c[: e + 1].tolist() for c, e in zip(completion, ends.tolist())], None
+
+
+@functools.cache
+def with_shared_prefix(trainer_cls: type, cache: str = "dynamic") -> type:
+    "`trainer_cls` (GRPOTrainer or a subclass) sampling with prefix sharing."
+    return type(f"SharedPrefix{trainer_cls.__name__}", (SharedPrefixSampling, trainer_cls), {"shared_prefix_cache": cache})
