@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['cmd_pipeline', 'cmd_stages', 'cmd_tasks', 'cmd_audit', 'cmd_evaluate_completions', 'cmd_diagnosis_labels',
-           'cmd_experts_train', 'build_parser', 'main']
+__all__ = ['cmd_pipeline', 'cmd_stages', 'cmd_tasks', 'cmd_audit', 'cmd_evaluate_completions', 'cmd_evaluate',
+           'cmd_diagnosis_labels', 'cmd_experts_train', 'build_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #4a423d21
 def _print_json(obj) -> None:
@@ -70,6 +70,14 @@ def cmd_evaluate_completions(a) -> int:
     params |= _task_params(a.task_param)
     _print_json(evaluate_completions(a.task, a.data, a.completions, out=a.out, predictions=a.predictions, prepend=a.prepend,
                                      protocol=a.protocol, task_params=params))
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    "A run's trained model (any regime) on another data file of its task, written as 50_evaluate writes an evaluation."
+    from ehr_rlvr.evaluate import evaluate_run_model
+    params = ({"protocol": a.protocol} if a.protocol else {}) | _task_params(a.task_param)
+    _print_json(evaluate_run_model(a.run, a.regime, a.data, a.out, task_params=params, max_rows=a.max_rows))
     return 0
 
 
@@ -147,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--task-param", action="append", metavar="KEY=VALUE",
                    help="any of the task's own parameters (`ehr-rlvr tasks`), repeatable, e.g. label_task=readmission_30d")
     q.set_defaults(fn=cmd_evaluate_completions)
+
+    q = sub.add_parser("evaluate", help="evaluate a run's trained model (any regime) on a data file of its task, as 50_evaluate does")
+    q.add_argument("--run", required=True, help="one seed's run folder, e.g. runs/demo-seeds/seed-0")
+    q.add_argument("--regime", required=True, help="a model of the run: base | sft | rlvr | sft_rlvr | ...")
+    q.add_argument("--data", required=True, help="the task's data file (MedCalc: a CSV in MedCalc-Bench's schema)")
+    q.add_argument("--out", required=True, help="output folder for predictions.parquet and metrics.json (outside the run)")
+    q.add_argument("--protocol", default=None, help="MedCalc scoring protocol: strict | medcalc-bench (default: the run's)")
+    q.add_argument("--task-param", action="append", metavar="KEY=VALUE", help="change one of the run's task parameters, repeatable")
+    q.add_argument("--max-rows", type=int, default=0, help="evaluate at most this many rows (0: all)")
+    q.set_defaults(fn=cmd_evaluate)
 
     dg = sub.add_parser("diagnosis", help="EHRSHOT-style prediction from MEDS timelines").add_subparsers(
         dest="diagnosis_command", required=True)

@@ -21,7 +21,8 @@ from .metrics import accuracy, bootstrap_ci, compute_metrics, confusion, pass_at
 from .tasks import Task, scorable_mask
 
 # %% auto #0
-__all__ = ['generate', 'kept_columns', 'task_views', 'score_rows', 'summarize', 'view_table', 'confusion_table', 'write_eval']
+__all__ = ['generate', 'kept_columns', 'task_views', 'score_rows', 'summarize', 'view_table', 'confusion_table', 'write_eval',
+           'evaluate_regime', 'evaluate_run_model']
 
 # %% ../nbs/07_evaluate.ipynb #3afa682b
 @torch.no_grad()
@@ -230,3 +231,94 @@ def write_eval(out_dir: str | Path,  # e.g. runs/<id>/eval/<regime>
         tmp.write_text(json.dumps(clean_text({**info, "rows": metric_rows, "n_unscorable_gold": n_bad, **(extra or {})}),
                                   indent=1, default=float))
     return out / "metrics.json"
+
+# %% ../nbs/07_evaluate.ipynb #302aa89f
+def evaluate_regime(task: Task, model, tokenizer,
+                    rows,  # the task's rows to evaluate (a `datasets.Dataset`)
+                    out_dir: str | Path,  # where predictions.parquet and metrics.json go (e.g. runs/<id>/eval/<regime>)
+                    regime: str,  # the regime's name (base, sft, ...)
+                    max_new_tokens: int = 64,  # completion budget
+                    batch_size: int = 32,  # prompts per generation batch
+                    seed: int = 0,  # sampling and bootstrap seed
+                    n_samples: int = 0,  # sampled protocol: completions per question, 0 means greedy only
+                    temperature: float = 0.6,  # sampled protocol temperature
+                    top_p: float = 0.95,  # sampled protocol top-p
+                    ks: Sequence[int] = (4,),  # pass@k budgets of the sampled protocol
+                    n_boot: int = 1000,  # bootstrap resamples
+                    measure: bool = True,  # add the task's model measures (e.g. attention shares)
+                    desc: str = "",  # progress bar label suffix
+                    extra: dict | None = None,  # more fields for metrics.json (split, model)
+                   ) -> tuple[list[dict], pd.DataFrame]:
+    "Generate, score, summarize and write one regime on one set of rows; returns the metric rows and the view table."
+    comps = generate(model, tokenizer, rows["prompt"], max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                     desc=f"{regime} greedy{desc}")
+    scored = score_rows(task, rows, comps)
+    if measure:  # e.g. the policy's attention share on the planted features, on the greedy completions
+        for name, vals in task.model_measures(model, tokenizer, rows, [c[0] for c in comps]).items():
+            scored.loc[scored["sample"] == 0, f"measure:{name}"] = vals
+    metric_rows = summarize(task, scored, n_boot=n_boot, seed=seed)
+    sampled = None
+    if n_samples > 1:
+        samples = generate(model, tokenizer, rows["prompt"], max_new_tokens=max_new_tokens, n=n_samples, do_sample=True,
+                           temperature=temperature, top_p=top_p, batch_size=max(1, batch_size // n_samples), seed=seed,
+                           desc=f"{regime} sampled{desc}")
+        sampled = score_rows(task, rows, samples)
+        metric_rows += [r | {"metric": f"sampled/{r['metric']}"} for r in summarize(task, sampled, ks=ks, n_boot=n_boot, seed=seed)]
+    write_eval(out_dir, task, regime, scored, metric_rows, extra=extra)
+    if sampled is not None:
+        sampled.to_parquet(Path(out_dir) / "samples.parquet", index=False)
+    views = view_table(task, scored)
+    if len(views):  # a task with scoring views: accuracy per view (rows) and group (columns)
+        with atomic_path(Path(out_dir) / "views_by_group.csv") as tmp:
+            views.to_csv(tmp)
+    return metric_rows, views
+
+
+def _stage_params(manifest: dict, notebook: str) -> dict:
+    "The resolved parameters of the first stage of a run that runs `notebook` (e.g. '50_evaluate')."
+    for st in manifest.get("stages", []):
+        if Path(st.get("notebook", "")).stem == notebook:
+            return st["params"]
+    raise ValueError(f"the run's manifest lists no {notebook} stage: evaluate a run made by `ehr-rlvr pipeline` with one")
+
+
+def evaluate_run_model(run_dir: str | Path,  # a finished run (one seed): runs/<id> or runs/<id>/seed-<s>
+                       regime: str,  # a model of the run: base | sft | rlvr | sft_rlvr | ...
+                       data: str | Path,  # the task's data file (MedCalc: a CSV in MedCalc-Bench's schema)
+                       out: str | Path,  # output folder: predictions.parquet, metrics.json (as 50_evaluate writes them)
+                       task_params: dict | None = None,  # changes to the run's task parameters (e.g. protocol)
+                       max_rows: int = 0,  # evaluate at most this many rows, 0 means all
+                       encoding: str = "utf-8",  # the data file's text encoding
+                      ) -> dict:
+    "Evaluate a run's trained model on another data file with the run's task, prompts and evaluation settings."
+    from .models import load_model, run_model
+    from .tasks import get_task
+    run, data, out = Path(run_dir), Path(data), Path(out)
+    if not (run / "manifest.json").exists():
+        raise FileNotFoundError(f"{run}: no manifest.json (a multi-seed run: pass one seed's folder, e.g. {run}/seed-0)")
+    if not data.exists():
+        raise FileNotFoundError(f"data file not found: {data}")
+    if out.resolve() == data.resolve() or data.resolve().is_relative_to(out.resolve()):
+        raise ValueError(f"--out {out} would overwrite the data file {data}: choose another folder")
+    if out.resolve().is_relative_to(run.resolve()):
+        raise ValueError(f"--out {out} lies inside the run folder {run}: the run's own files stay as its stages wrote them")
+    manifest = json.loads((run / "manifest.json").read_text())
+    ev, d = _stage_params(manifest, "50_evaluate"), _stage_params(manifest, "10_data")
+    t = get_task(ev["task"], **{**ev.get("task_params", {}), **(task_params or {})})
+    rows = t.load_rows(str(data), style=d.get("prompt_style", "ehrmind"), encoding=encoding)
+    if max_rows:
+        rows = rows.select(range(min(max_rows, len(rows))))
+    path = run_model(run, regime, ev.get("model_id"))
+    model, tok = load_model(path, device="auto", dtype="bfloat16" if ev.get("precision") == "bf16" else "float32",
+                            attn_implementation=ev.get("attn_implementation", "sdpa"))
+    from .core import seed_everything
+    seed_everything(ev["seed"])
+    metric_rows, _ = evaluate_regime(t, model, tok, rows, out, regime, max_new_tokens=ev["eval_max_new_tokens"],
+                                     batch_size=ev["eval_batch_size"], seed=ev["seed"], n_samples=ev.get("n_samples", 0),
+                                     temperature=ev.get("eval_temperature", 0.6), top_p=ev.get("eval_top_p", 0.95),
+                                     ks=ev.get("ks", [4]), n_boot=ev["n_boot"], measure=ev.get("measure", True),
+                                     extra={"split": f"file:{data.name}", "model": path, "data": str(data), "run": str(run)})
+    main = next(r for r in metric_rows if r["metric"] == t.main_metric)
+    return {"task": t.name, "regime": regime, "data": str(data), "n_rows": len(rows), "out": str(out),
+            t.main_metric: main["value"], "ci": [main["ci_low"], main["ci_high"]],
+            **{r["metric"]: r["value"] for r in metric_rows if r["metric"] in ("format_valid_rate", "accuracy")}}
