@@ -291,8 +291,8 @@ def evaluate_run_model(run_dir: str | Path,  # a finished run (one seed): runs/<
                        encoding: str = "utf-8",  # the data file's text encoding
                       ) -> dict:
     "Evaluate a run's trained model on another data file with the run's task, prompts and evaluation settings."
-    from .models import load_model, run_model
-    from .tasks import get_task
+    from ehr_rlvr.models import load_model, run_model
+    from ehr_rlvr.tasks import get_task
     run, data, out = Path(run_dir), Path(data), Path(out)
     if not (run / "manifest.json").exists():
         raise FileNotFoundError(f"{run}: no manifest.json (a multi-seed run: pass one seed's folder, e.g. {run}/seed-0)")
@@ -311,7 +311,7 @@ def evaluate_run_model(run_dir: str | Path,  # a finished run (one seed): runs/<
     path = run_model(run, regime, ev.get("model_id"))
     model, tok = load_model(path, device="auto", dtype="bfloat16" if ev.get("precision") == "bf16" else "float32",
                             attn_implementation=ev.get("attn_implementation", "sdpa"))
-    from .core import seed_everything
+    from ehr_rlvr.core import seed_everything
     seed_everything(ev["seed"])
     metric_rows, _ = evaluate_regime(t, model, tok, rows, out, regime, max_new_tokens=ev["eval_max_new_tokens"],
                                      batch_size=ev["eval_batch_size"], seed=ev["seed"], n_samples=ev.get("n_samples", 0),

@@ -13,7 +13,7 @@ from typing import Any, Callable
 __all__ = ['MAX_COMPLETION_CHARS', 'MAX_ANSWER_CHARS', 'MAX_ABS_VALUE', 'MAX_STR_VALUE', 'TAGS', 'REWARDS', 'tag_count_reward',
            'Parsed', 'completion_text', 'parse_tagged_object', 'parse_completion', 'extract_answer',
            'format_completion', 'plain_answer', 'get_answer_reward', 'get_format_reward', 'get_correct_reward',
-           'get_reward', 'get_tag_count_reward']
+           'get_reward', 'get_tag_count_reward', 'get_random_reward']
 
 # %% ../nbs/04_rewards.ipynb #b7ea2b34
 MAX_COMPLETION_CHARS = 50_000   # longer completions are malformed ("too_long")
@@ -200,3 +200,18 @@ def get_tag_count_reward(task=None, # unused: the tags are the same for every ta
 
 tag_count_reward = get_tag_count_reward()
 REWARDS["tag_count"] = get_tag_count_reward
+
+# %% ../nbs/04_rewards.ipynb #74d118d9
+def get_random_reward(task=None, # unused: the reward ignores the answer
+                      salt:str="ehr_rlvr", # changes the draw (the stage seed is a good salt)
+                     ) -> Callable:
+    "TRL reward `random_reward`: 1.0 or 0.0 with probability 1/2, from a hash of (salt, row id, completion): a control."
+    import hashlib
+    def random_reward(completions, id=None, **kwargs) -> list[float]:
+        "A coin flip per completion, the same for the same row and text."
+        texts = [completion_text(c) or "" for c in _as_list(completions)]
+        ids = list(id) if id is not None else [""] * len(texts)
+        return [float(hashlib.sha256(f"{salt}\x00{i}\x00{t}".encode()).digest()[0] & 1) for i, t in zip(ids, texts)]
+    return random_reward
+
+REWARDS["random"] = get_random_reward

@@ -218,6 +218,7 @@ def grpo_trainer(model, tokenizer,
                  reward_funcs: Sequence[str] = (),  # reward functions by name (`ehr_rlvr.rewards.REWARDS`); empty: the task's
                  top_layers: int = 0,  # train only the top k decoder blocks (`freeze_below_top_layers`); 0: all
                  shared_prefix: bool = False,  # sample each group from one prefilled prompt (`generate_shared_prefix`)
+                 sample_dtype: str = "float32",  # with shared_prefix: "bfloat16" samples from a bf16 copy of the policy
                  **scheme,  # parameters of the `answer` reward: correct, wrong, malformed
                 ) -> GRPOTrainer:
     "A GRPOTrainer on the task's rewards chosen by name; weights from the config, else the task's (1 for the first, 0 for the rest)."
@@ -236,7 +237,9 @@ def grpo_trainer(model, tokenizer,
     freeze_below_top_layers(model, top_layers)
     trainer_cls = task.grpo_trainer_class() or GRPOTrainer  # a task may bring its own trainer (EAG-RL's attention terms)
     if shared_prefix:
-        trainer_cls = with_shared_prefix(trainer_cls, cfg.cache_implementation or "dynamic")
+        trainer_cls = with_shared_prefix(trainer_cls, cfg.cache_implementation or "dynamic", sample_dtype)
+    elif sample_dtype != "float32":
+        raise ValueError("sample_dtype other than float32 needs shared_prefix=True (TRL's own sampling uses the policy as it is)")
     return trainer_cls(model=model, processing_class=tokenizer, reward_funcs=funcs, args=cfg,
                        train_dataset=grpo_dataset(rows), peft_config=peft_config, **task.grpo_trainer_kwargs())
 
@@ -417,8 +420,25 @@ def generate_shared_prefix(model, input_ids: torch.Tensor,  # left-padded prompt
 
 
 class SharedPrefixSampling:
-    "GRPOTrainer mixin: plain-`generate` sampling through `generate_shared_prefix` (set `shared_prefix_cache`)."
-    shared_prefix_cache: str = "dynamic"
+    "GRPOTrainer mixin: plain-`generate` sampling through `generate_shared_prefix`, optionally from a bf16 copy of the policy."
+    shared_prefix_cache: str = "dynamic"  # the cache decoding continues in
+    sample_dtype: str = "float32"  # "bfloat16": sample from a bf16 copy of the weights, refreshed after every optimizer step
+
+    def _sampler(self, model):
+        "The model to sample from: the policy itself, or its bf16 copy with this step's weights."
+        if self.sample_dtype == "float32":
+            return model
+        if getattr(self, "_bf16_copy", None) is None:
+            if hasattr(model, "peft_config"):
+                raise ValueError("sample_dtype='bfloat16' copies the whole policy: not with LoRA (sample in float32)")
+            self._bf16_copy, self._bf16_step = copy.deepcopy(model).to(torch.bfloat16).eval(), None
+            self._bf16_copy.requires_grad_(False)
+        if self._bf16_step != self.state.global_step:
+            with torch.no_grad():
+                for dst, src in zip(self._bf16_copy.parameters(), model.parameters()):
+                    dst.copy_(src)
+            self._bf16_step = self.state.global_step
+        return self._bf16_copy
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if self.use_vllm or getattr(self, "use_transformers_continuous_batching", False) or images is not None or multimodal_fields:
@@ -430,7 +450,7 @@ class SharedPrefixSampling:
         ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
         mask = pad([torch.ones_like(t) for t in prompts], padding_value=0, padding_side="left").to(device)
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator, generation_kwargs=self.generation_kwargs) as m:
-            out = generate_shared_prefix(m, ids, mask, self.generation_config, self.shared_prefix_cache)
+            out = generate_shared_prefix(self._sampler(m), ids, mask, self.generation_config, self.shared_prefix_cache)
         completion = out[:, ids.shape[1]:].cpu()
         is_eos = torch.isin(completion, torch.tensor(self.eos_token_ids))
         ends = torch.where(is_eos.any(1), is_eos.int().argmax(1), completion.shape[1])  # keep up to the first eos
@@ -438,6 +458,9 @@ class SharedPrefixSampling:
 
 
 @functools.cache
-def with_shared_prefix(trainer_cls: type, cache: str = "dynamic") -> type:
-    "`trainer_cls` (GRPOTrainer or a subclass) sampling with prefix sharing."
-    return type(f"SharedPrefix{trainer_cls.__name__}", (SharedPrefixSampling, trainer_cls), {"shared_prefix_cache": cache})
+def with_shared_prefix(trainer_cls: type, cache: str = "dynamic", sample_dtype: str = "float32") -> type:
+    "`trainer_cls` (GRPOTrainer or a subclass) sampling with prefix sharing (and from bf16 weights when asked)."
+    if sample_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"sample_dtype must be 'float32' or 'bfloat16', got {sample_dtype!r}")
+    return type(f"SharedPrefix{trainer_cls.__name__}", (SharedPrefixSampling, trainer_cls),
+                {"shared_prefix_cache": cache, "sample_dtype": sample_dtype})

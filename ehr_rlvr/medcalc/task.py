@@ -28,12 +28,12 @@ class MedCalcTask(Task):
     knowledge_unit, knowledge_unit_name, knowledge_group = "calculator_id", "calculator_name", "category"
     pilot_rule_groups = ("risk", "severity", "diagnosis")  # rule-based scores: few possible answers, so pass@k hits are gated
     row_key = "row_number"
-    PARAMS = {"source": "synthetic", "source_split": "train", "test_source": "", "id_prefix": "medcalc",
+    PARAMS = {"source": "synthetic", "source_split": "train", "test_source": "", "test_same_calculators": False, "train_extra": "", "id_prefix": "medcalc",
               "calculator_ids": [5, 6, 39, 45], "n_per_calculator": 20, "unit_conversion_rate": 0.3,
               "missing_value_rate": 0.0, "distractor_rate": 0.5, "note_style": "short",
               "knowledge_calculator_ids": [5, 45], "pretrain_notes_per_calculator": 16, "misapplied": [],
               "misapplied_rate": 0.5, "gold": "original", "relabel_csv": "", "label_noise_rate": 0.0, "protocol": "strict"}
-    PARAM_TYPES = {"source": (str, os.PathLike, pd.DataFrame), "test_source": (str, os.PathLike, pd.DataFrame),
+    PARAM_TYPES = {"source": (str, os.PathLike, pd.DataFrame), "test_source": (str, os.PathLike, pd.DataFrame), "train_extra": (str, os.PathLike, pd.DataFrame),
                    "relabel_csv": (str, os.PathLike)}
     views = tuple(f"{p}/{g}" for p in PROTOCOLS for g in ("original", "corrected"))  # what `score_views` reports
 
@@ -68,22 +68,46 @@ class MedCalcTask(Task):
         prefix = p["id_prefix"]
         check_gold(p["gold"]); check_protocol(p["protocol"])
         if p["test_source"] is None or (isinstance(p["test_source"], str) and not p["test_source"]):
+            if not (isinstance(p["train_extra"], str) and not p["train_extra"]):
+                raise ValueError("medcalc: train_extra needs test_source (extra training rows join train/val, never the test split)")
             # the split depends on the notes only, so it is the same before and after the labels change; test labels stay clean
             test_rn = set(split_by_group(medcalc_rows(data, style, prefix), val_frac, test_frac, seed)["test"]["row_number"])
             data = self._gold(data, p, [int(x) not in test_rn for x in data["Row Number"]], seed)
             dd = split_by_group(medcalc_rows(data, style, prefix), val_frac, test_frac, seed)
         else:
             tst = load_medcalc(p["test_source"], "test")
+            if p["test_same_calculators"]:  # a real test set of the calculators trained on
+                keep = tst["Calculator ID"].astype(int).isin([int(c) for c in p["calculator_ids"]])
+                if not keep.any(): raise ValueError(f"medcalc: test_source has no rows of calculator_ids {p['calculator_ids']}")
+                tst = tst[keep]
+                self.load_info = {**getattr(self, "load_info", {}), "test_rows_per_calculator": {int(k): int(v) for k, v in tst["Calculator ID"].astype(int).value_counts().sort_index().items()}}
+            extra = self._train_extra(p)
             test_keys = {_text_key(n) for n in tst["Patient Note"]} | {"note:" + i for i in tst["Note ID"] if i and not i.isdigit()}
             leak = [(_text_key(n) in test_keys) or ("note:" + i in test_keys) for n, i in zip(data["Patient Note"], data["Note ID"])]
             if any(leak):
                 warnings.warn(f"medcalc: dropped {sum(leak)} of {len(data)} train/val rows whose note is in the test set")
                 data = data[~np.array(leak)]
-            trval = split_by_group(medcalc_rows(self._gold(data, p, None, seed), style, prefix), val_frac, 0.0, seed)
+            if extra is not None:
+                leak = [(_text_key(n) in test_keys) or ("note:" + i in test_keys) for n, i in zip(extra["Patient Note"], extra["Note ID"])]
+                if any(leak): warnings.warn(f"medcalc: dropped {sum(leak)} of {len(extra)} train_extra rows whose note is in the test set")
+                extra = extra[~np.array(leak, dtype=bool)]
+            pool = medcalc_rows(self._gold(data, p, None, seed), style, prefix)
+            if extra is not None and len(extra):  # real training rows join the pool (ids `<prefix>-extra-<Row Number>`)
+                pool = datasets.concatenate_datasets([pool, medcalc_rows(self._gold(extra, p, None, seed), style, f"{prefix}-extra")]).flatten_indices()
+            trval = split_by_group(pool, val_frac, 0.0, seed)
             test = medcalc_rows(self._gold(tst, {**p, "label_noise_rate": 0.0}), style, f"{prefix}-test", split="test")
             dd = datasets.DatasetDict({"train": trval["train"], "val": trval["val"], "test": test})
         for s in dd: check_rows(dd[s], self.name)
         return dd
+
+    def _train_extra(self, p:dict) -> pd.DataFrame|None:
+        "The `train_extra` CSV's rows of the task's `calculator_ids` (None without one); how many joined is in `load_info`."
+        src = p["train_extra"]
+        if isinstance(src, str) and not src: return None
+        extra = load_medcalc(src, "train")
+        keep = extra["Calculator ID"].astype(int).isin([int(c) for c in p["calculator_ids"]])
+        self.load_info = {**getattr(self, "load_info", {}), "train_extra_rows": int(keep.sum()), "train_extra_rows_other_calculators": int((~keep).sum())}
+        return extra[keep]
 
     def load_rows(self, data, style:str="ehrmind", encoding:str="utf-8", **params) -> "datasets.Dataset":
         "All rows of one MedCalc CSV / frame / hub id, unsplit, with the task's `gold` applied."
