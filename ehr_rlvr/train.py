@@ -431,8 +431,11 @@ class SharedPrefixSampling:
         if getattr(self, "_bf16_copy", None) is None:
             if hasattr(model, "peft_config"):
                 raise ValueError("sample_dtype='bfloat16' copies the whole policy: not with LoRA (sample in float32)")
-            self._bf16_copy, self._bf16_step = copy.deepcopy(model).to(torch.bfloat16).eval(), None
+            # a fresh instance, not a deepcopy: the policy's forward is wrapped in accelerate's autocast, the copy's is not
+            self._bf16_copy = type(model)(model.config).to(dtype=torch.bfloat16, device=next(model.parameters()).device).eval()
+            self._bf16_copy.generation_config = model.generation_config
             self._bf16_copy.requires_grad_(False)
+            self._bf16_step = None
         if self._bf16_step != self.state.global_step:
             with torch.no_grad():
                 for dst, src in zip(self._bf16_copy.parameters(), model.parameters()):
@@ -449,8 +452,13 @@ class SharedPrefixSampling:
         prompts = [torch.tensor(ids) for ids in prompt_ids]
         ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
         mask = pad([torch.ones_like(t) for t in prompts], padding_value=0, padding_side="left").to(device)
+        cache = self.shared_prefix_cache
+        if self.sample_dtype == "float32" and (self.args.bf16 or self.args.fp16):
+            # the policy's forward runs under accelerate's autocast: RoPE promotes keys to fp32 while values stay in half
+            # precision, which a static cache cannot hold (the bf16 copy is a plain model and keeps one dtype)
+            cache = "dynamic"
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator, generation_kwargs=self.generation_kwargs) as m:
-            out = generate_shared_prefix(self._sampler(m), ids, mask, self.generation_config, self.shared_prefix_cache)
+            out = generate_shared_prefix(self._sampler(m), ids, mask, self.generation_config, cache)
         completion = out[:, ids.shape[1]:].cpu()
         is_eos = torch.isin(completion, torch.tensor(self.eos_token_ids))
         ends = torch.where(is_eos.any(1), is_eos.int().argmax(1), completion.shape[1])  # keep up to the first eos
