@@ -36,6 +36,7 @@ def generate(model, tokenizer,
              batch_size: int = 16,  # prompts per forward batch
              seed: int = 0,  # sampling seed
              desc: str = "generate",  # progress bar label
+             shared_prefix: bool = False,  # n > 1: prefill each prompt once and share its KV cache (`train.generate_shared_prefix`)
             ) -> list[list[str]]:
     "Completions for each prompt: a list of `n` strings per prompt."
     if n > 1 and not do_sample:
@@ -49,8 +50,16 @@ def generate(model, tokenizer,
     for i in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False):
         enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         kw = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=n,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **kw)
+        if shared_prefix and n > 1:  # the same samples' distribution, one prefill per prompt instead of n
+            from transformers import GenerationConfig
+            from ehr_rlvr.train import generate_shared_prefix
+            ids, mask = enc["input_ids"].repeat_interleave(n, 0), enc["attention_mask"].repeat_interleave(n, 0)
+            gc = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, **kw)
+            gen = generate_shared_prefix(model, ids, mask, gc)
+        else:
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=n,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **kw)
         dec = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         out += [dec[j * n:(j + 1) * n] for j in range(len(dec) // n)]
     return out

@@ -24,7 +24,7 @@ __all__ = ['RESULT_COLUMNS', 'REGIME_ORDER', 'COMPARISONS', 'COMPARISON_COLUMNS'
 
 # %% ../nbs/09_report.ipynb #b14470b8
 RESULT_COLUMNS = ["task", "regime", "metric", "value", "ci_low", "ci_high", "n"]
-REGIME_ORDER = ["base", "sft", "rlvr", "sft_rlvr",  # EHRMIND's four regimes
+REGIME_ORDER = ["base", "sft", "rlvr", "sft_rlvr", "sft_random",  # EHRMIND's four regimes and the random-reward control
                 "sft_mcts", "rl_outcome", "rl_text", "rl_attention", "rl_attention_aux", "rl_attention_upclip",
                 "rl_attention_multi", "sft_mcts_rl"]  # EAG-RL's: label-only SFT, then RL with each reward
 
@@ -99,6 +99,7 @@ def sft_knowledge_table(run_dir: str | Path,  # the run directory
 
 # %% ../nbs/09_report.ipynb #43c0468c
 COMPARISONS = [("sft", "base"), ("sft_rlvr", "sft"), ("rlvr", "base"), ("sft_rlvr", "base"),  # EHRMIND
+               ("sft_rlvr", "sft_random"), ("sft_random", "sft"),  # the RL gain against its random-reward control
                ("rl_outcome", "sft"), ("rl_text", "rl_outcome"), ("rl_attention", "rl_outcome"),  # EAG-RL: each reward
                ("rl_attention", "rl_text"), ("rl_attention_aux", "rl_attention"), ("rl_attention_upclip", "rl_attention"),
                ("rl_attention_multi", "rl_attention"), ("rl_attention", "base"),
@@ -186,7 +187,7 @@ def paired_comparisons(run_dir: str | Path,  # the run directory
     return pd.DataFrame(recs, columns=COMPARISON_COLUMNS)
 
 # %% ../nbs/09_report.ipynb #c87781e2
-COLORS = {"base": "#9e9e9e", "sft": "#4c72b0", "rlvr": "#dd8452", "sft_rlvr": "#55a868",
+COLORS = {"base": "#9e9e9e", "sft": "#4c72b0", "rlvr": "#dd8452", "sft_rlvr": "#55a868", "sft_random": "#b0b0b0",
           "rl_outcome": "#dd8452", "rl_text": "#c44e52", "rl_attention": "#55a868", "rl_attention_aux": "#64b5cd",
           "rl_attention_upclip": "#8c8c8c", "rl_attention_multi": "#937860", "sft_mcts": "#da8bc3", "sft_mcts_rl": "#8172b3"}
 
