@@ -293,7 +293,7 @@ def _stage_params(manifest: dict, notebook: str) -> dict:
 
 def evaluate_run_model(run_dir: str | Path,  # a finished run (one seed): runs/<id> or runs/<id>/seed-<s>
                        regime: str,  # a model of the run: base | sft | rlvr | sft_rlvr | ...
-                       data: str | Path,  # the task's data file (MedCalc: a CSV in MedCalc-Bench's schema)
+                       data: str | Path,  # the task's data file, as its `load_rows` reads it
                        out: str | Path,  # output folder: predictions.parquet, metrics.json (as 50_evaluate writes them)
                        task_params: dict | None = None,  # changes to the run's task parameters (e.g. protocol)
                        max_rows: int = 0,  # evaluate at most this many rows, 0 means all
