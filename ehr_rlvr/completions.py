@@ -80,15 +80,17 @@ def evaluate_completions(task:str, # task registry name
     comps = {k: _prepend(c, prepend) for k, c in read_completions(completions, int_keys, encoding).items()}
     known = set(keys)
     unknown = sorted((k for k in comps if k not in known), key=str)
+    if not comps: raise ValueError(f"{completions}: no completions in the file (an empty file scores nothing)")
+    if len(unknown) == len(comps):
+        raise ValueError(f"{completions}: none of its {len(comps)} row key(s) is a {t.row_key!r} of {data} (the file's: "
+                         f"{unknown[:3]}; the data's: {keys[:3]}): is it the completions of another data file?")
     if unknown: warnings.warn(f"{completions}: {len(unknown)} completion row(s) not in {data}: {unknown[:10]}")
     recs = []
     for r in rows:
         k = r[t.row_key]
         if k in comps: s = t.safe_score(comps[k], r["ground_truth"])
-        else:
-            try: ok = bool(t.gold_usable(r["ground_truth"]))
-            except Exception: ok = False
-            s = {"format_ok": False, "correct": False, "reward": None, "pred": None, "reason": "missing", "scorable": ok}
+        else:  # a missing row counts against the answer, for every answer kind: scored as an empty (malformed) completion
+            s = dict(t.safe_score("", r["ground_truth"]), reason="missing")
         recs.append({"row": k, "id": r["id"], **{g: r[g] for g in t.group_columns if g in r},
                      "format_ok": bool(s["format_ok"]), "correct": bool(s["correct"]), "reward": s.get("reward"),
                      "pred": clean_text(None if s.get("pred") is None else str(s["pred"])),

@@ -10,8 +10,8 @@ from typing import Any, Iterator
 import pandas as pd
 
 # %% auto #0
-__all__ = ['GZIP_MAGIC', 'InputFileError', 'is_gzip', 'open_binary', 'CheckedText', 'open_text', 'iter_jsonl', 'read_csv_checked',
-           'is_encodable', 'clean_text']
+__all__ = ['GZIP_MAGIC', 'MAX_JSONL_LINE', 'InputFileError', 'is_gzip', 'open_binary', 'CheckedText', 'open_text', 'iter_jsonl',
+           'read_csv_checked', 'is_encodable', 'clean_text']
 
 # %% ../nbs/00a_io.ipynb #5d03e02c
 class InputFileError(ValueError):
@@ -50,8 +50,9 @@ class CheckedText(io.TextIOBase):
     def __init__(self, path:str|Path, # the file
                  encoding:str="utf-8", # codec used for strict decoding
                  block:int=1 << 20, # bytes read at a time
+                 max_line_bytes:int|None=None, # a longer line is refused as soon as that many bytes are read (None: no cap)
                 ):
-        self.path, self._encoding, self._block = Path(path), encoding, block
+        self.path, self._encoding, self._block, self._max_line = Path(path), encoding, block, max_line_bytes
         self._codec = _codec(encoding)
         self._gz = is_gzip(self.path)
         self._raw = open_binary(self.path)
@@ -77,7 +78,11 @@ class CheckedText(io.TextIOBase):
         if data:
             data = self._pending + data
             cut = data.rfind(b"\n") + 1
-            if cut == 0: self._pending = data; return
+            if cut == 0:
+                if self._max_line is not None and len(data) > self._max_line:
+                    raise InputFileError(f"{self.path}:{self._line}: line longer than {self._max_line:,} bytes (no line break "
+                                         "within them): not a file of text records, or raise the cap")
+                self._pending = data; return
             part, self._pending = data[:cut], data[cut:]
         else: part, self._pending, self._eof = self._pending, b"", True
         if self._first and part:
@@ -112,17 +117,24 @@ class CheckedText(io.TextIOBase):
 
 def open_text(path:str|Path, # a plain or gzip-compressed text file
               encoding:str="utf-8", # e.g. "latin-1" for a Latin-1 CSV
+              max_line_bytes:int|None=None, # refuse a line longer than this (None: no cap)
              ) -> CheckedText:
     "Open a (possibly gzipped) text file for reading with strict decoding and errors that name file, line and byte."
-    return CheckedText(path, encoding)
+    return CheckedText(path, encoding, max_line_bytes=max_line_bytes)
 
 # %% ../nbs/00a_io.ipynb #c3fcdda2
+MAX_JSONL_LINE = 16_000_000  # bytes in one JSON line
+
 def iter_jsonl(path:str|Path, # a JSONL file (plain or gzip)
                encoding:str="utf-8", # codec used for strict decoding
+               max_line_bytes:int=MAX_JSONL_LINE, # a longer line is refused (read no further)
               ) -> Iterator[tuple[int, Any]]:
-    "`(1-based line number, parsed object)` for every non-blank line; bad JSON or bad bytes name the file and line."
-    with open_text(path, encoding) as f:
+    "`(1-based line number, parsed object)` for every non-blank line; bad JSON, bad bytes or an overlong line name the file and line."
+    with open_text(path, encoding, max_line_bytes=max_line_bytes) as f:
         for n, line in enumerate(f, 1):
+            if len(line) > max_line_bytes:  # a long line that arrived within one read block
+                raise InputFileError(f"{path}:{n}: line longer than {max_line_bytes:,} bytes: not a JSON-lines file of "
+                                     "records, or raise the cap (max_line_bytes)")
             if not line.strip(): continue
             try: obj = json.loads(line)
             except ValueError as e: raise InputFileError(f"{path}:{n}: not valid JSON ({e})") from None

@@ -11,9 +11,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 # %% auto #0
-__all__ = ['KIND_METRICS', 'NO_ANSWER', 'MALFORMED_PROB', 'bootstrap_ci', 'accuracy', 'pass_at_k', 'auroc', 'auprc', 'confusion',
-           'per_class', 'label_metrics', 'brier', 'probability_metrics', 'row_arrays', 'compute_metrics', 'measure_fn',
-           'metric_fn']
+__all__ = ['KIND_METRICS', 'NO_ANSWER', 'bootstrap_ci', 'accuracy', 'pass_at_k', 'UndefinedMetricError', 'auroc', 'auprc',
+           'confusion', 'per_class', 'label_metrics', 'brier', 'worst_rank_scores', 'probability_metrics', 'row_arrays',
+           'compute_metrics', 'measure_fn', 'metric_fn']
 
 # %% ../nbs/05_metrics.ipynb #5e7d7c4c
 def bootstrap_ci(metric_fn: Callable[..., float],  # metric of aligned arrays, e.g. `accuracy`
@@ -36,7 +36,7 @@ def bootstrap_ci(metric_fn: Callable[..., float],  # metric of aligned arrays, e
         idx = rng.integers(0, n, n)
         try:
             v = float(metric_fn(*(a[idx] for a in arrays)))
-        except ValueError:
+        except UndefinedMetricError:  # a resample with one class: skipped (any other error is raised)
             continue
         if np.isfinite(v):
             stats.append(v)
@@ -66,13 +66,30 @@ def pass_at_k(n: int,  # samples drawn for the question
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 # %% ../nbs/05_metrics.ipynb #ee249c3e
+class UndefinedMetricError(ValueError):
+    "A metric that does not exist for these rows (AUROC with one class, AUPRC without positives): reported as NaN."
+
+
+def _checked_pair(name: str, y_true: Sequence, y_score: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    "0/1 outcomes and finite scores of equal length, or a ValueError that says which rows are not."
+    y, s = np.asarray(y_true, dtype=float), np.asarray(y_score, dtype=float)
+    if y.shape != s.shape:
+        raise ValueError(f"{name}: {len(y)} outcomes but {len(s)} scores")
+    if bad := np.flatnonzero(~np.isin(y, (0.0, 1.0)))[:5].tolist():
+        raise ValueError(f"{name}: outcomes must be 0 or 1; rows {bad} are {y[bad].tolist()}")
+    if bad := np.flatnonzero(~np.isfinite(s))[:5].tolist():
+        raise ValueError(f"{name}: {int((~np.isfinite(s)).sum())} score(s) are not finite (rows {bad}: {s[bad].tolist()}); "
+                         "a score that cannot be ranked is refused, never ranked (score malformed answers with `worst_rank_scores`)")
+    return y, s
+
+
 def auroc(y_true: Sequence, y_score: Sequence) -> float:
-    "Area under the ROC curve, the Mann-Whitney statistic with tied scores counted half (ValueError when only one class is present)."
-    y = np.asarray(y_true, dtype=float) == 1
+    "Area under the ROC curve, the Mann-Whitney statistic with tied scores counted half (`UndefinedMetricError` with one class; ValueError on a non-finite score)."
+    y, s = _checked_pair("AUROC", y_true, y_score)
+    y = y == 1
     n1 = int(y.sum()); n0 = len(y) - n1
     if n1 == 0 or n0 == 0:
-        raise ValueError("AUROC is undefined with a single class")
-    s = np.asarray(y_score, dtype=float)
+        raise UndefinedMetricError("AUROC is undefined with a single class")
     order = np.argsort(s, kind="mergesort")
     start = np.r_[True, np.diff(s[order]) != 0]  # first row of each run of tied scores
     run = np.cumsum(start) - 1
@@ -83,10 +100,10 @@ def auroc(y_true: Sequence, y_score: Sequence) -> float:
 
 
 def auprc(y_true: Sequence, y_score: Sequence) -> float:
-    "Area under the precision-recall curve as average precision: Σ (R_t − R_t−1) P_t over distinct thresholds (ValueError when there is no positive)."
-    y, s = np.asarray(y_true, dtype=float), np.asarray(y_score, dtype=float)
+    "Area under the precision-recall curve as average precision: Σ (R_t − R_t−1) P_t over distinct thresholds (`UndefinedMetricError` without positives; ValueError on a non-finite score)."
+    y, s = _checked_pair("AUPRC", y_true, y_score)
     if y.sum() == 0:
-        raise ValueError("AUPRC is undefined without positives")
+        raise UndefinedMetricError("AUPRC is undefined without positives")
     order = np.argsort(-s, kind="mergesort")
     y, s = y[order], s[order]
     cut = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last row of each distinct score
@@ -108,7 +125,10 @@ def confusion(gold: np.ndarray,  # gold class indices 0..n_labels-1
               n_labels: int,  # number of classes
              ) -> np.ndarray:
     "Counts `[gold, pred]`, shape `(n_labels, n_labels + 1)`; the last column is 'no answer'."
-    g = np.asarray(gold, dtype=int)
+    gf = np.asarray(gold, dtype=float)
+    if bad := np.flatnonzero(~np.isin(gf, np.arange(n_labels)))[:5].tolist():
+        raise ValueError(f"confusion: every gold must be a class index 0..{n_labels - 1}; rows {bad} are {gf[bad].tolist()}")
+    g = gf.astype(int)
     p = np.asarray(pred, dtype=int)
     p = np.where((p >= 0) & (p < n_labels), p, n_labels)
     return np.bincount(g * (n_labels + 1) + p, minlength=n_labels * (n_labels + 1)).reshape(n_labels, n_labels + 1)
@@ -148,29 +168,35 @@ def brier(y_true: Sequence, y_prob: Sequence) -> float:
     return float(np.mean((p - y) ** 2)) if len(y) else float("nan")
 
 
-MALFORMED_PROB = 0.5  # the probability a malformed answer is scored as by the ranking and Brier metrics
+def worst_rank_scores(y: np.ndarray,  # 0/1 outcomes
+                      prob: np.ndarray,  # predicted probabilities, NaN for a malformed (or missing) answer
+                     ) -> np.ndarray:
+    "Scores to rank: a malformed answer takes the worst rank for its row (below every score on a positive, above every one on a negative)."
+    y, p = np.asarray(y, dtype=float), np.asarray(prob, dtype=float)
+    return np.where(np.isfinite(p), p, np.where(y == 1, -1.0, 2.0))
 
 
 def _area_or_nan(area: Callable, y: np.ndarray, p: np.ndarray) -> float:
     "`area(y, p)`, or NaN where it is undefined (one class only)."
     try:
         return area(y, p)
-    except ValueError:
+    except UndefinedMetricError:
         return float("nan")
 
 
 def probability_metrics(y: np.ndarray,  # 0/1 outcomes
                         prob: np.ndarray,  # predicted probabilities, NaN for a malformed completion
                        ) -> dict[str, float]:
-    "`auroc`, `auprc`, `brier` (a malformed answer counts as 0.5); `accuracy`, `balanced_accuracy`, `macro_f1` of the label prob > 0.5 (malformed: no answer)."
+    "`auroc`, `auprc` (a malformed answer takes the worst rank), `brier` (a malformed answer counts as the wrong certainty: 1); `accuracy`, `balanced_accuracy`, `macro_f1` of the label prob > 0.5 (malformed: no answer)."
     y = np.asarray(y, dtype=float)
     p = np.asarray(prob, dtype=float)
     valid = np.isfinite(p)
-    p = np.where(valid, p, MALFORMED_PROB)
-    out = {"brier": brier(y, p), "accuracy": float(np.mean(valid & ((p > 0.5) == (y == 1)))) if len(y) else float("nan")}
+    ranked = worst_rank_scores(y, p)
+    out = {"brier": brier(y, np.where(valid, p, 1.0 - y)),
+           "accuracy": float(np.mean(valid & ((p > 0.5) == (y == 1)))) if len(y) else float("nan")}
     hard = label_metrics(confusion(y.astype(int), np.where(valid, (p > 0.5).astype(int), NO_ANSWER), 2))  # malformed: no answer
     out |= {"balanced_accuracy": hard["balanced_accuracy"], "macro_f1": hard["macro_f1"]}
-    out |= {"auroc": _area_or_nan(auroc, y, p), "auprc": _area_or_nan(auprc, y, p)}
+    out |= {"auroc": _area_or_nan(auroc, y, ranked), "auprc": _area_or_nan(auprc, y, ranked)}
     return {m: out[m] for m in KIND_METRICS["probability"]}
 
 
@@ -255,6 +281,6 @@ def metric_fn(kind: str,  # exact | label | probability
         def f(rows, idx=None):
             g, p = (rows["gold"], rows["prob"]) if idx is None else (rows["gold"][idx], rows["prob"][idx])
             ok = np.isfinite(g)
-            return _area_or_nan(area, g[ok], np.where(np.isfinite(p), p, MALFORMED_PROB)[ok])
+            return _area_or_nan(area, g[ok], worst_rank_scores(g[ok], p[ok]))
         return f
     return lambda rows, idx=None: compute_metrics(kind, rows, n_labels, idx)[name]

@@ -143,15 +143,19 @@ def test_evaluate_completions_scores_diagnosis_answers_on_the_mimic_demo(tmp_pat
     from ehr_rlvr.diagnosis.task import DiagnosisTask, format_diagnosis_answer
     rows = DiagnosisTask(label_task="readmission_30d").load_rows(DEMO_MEDS)
     rng = np.random.default_rng(0)
-    lines = []
+    lines, ranked = [], []  # ranked: the score each row is ranked by (a missing or malformed answer: its worst rank)
     for i, r in enumerate(rows):
+        worst = -1.0 if r["label"] == 1 else 2.0
         if i % 10 == 9:
+            ranked.append(worst)
             continue  # a missing answer: counted, scored as malformed
         if i % 10 == 8:
             lines.append({"row": r["id"], "completion": '<answer>{"prediction": "Yes"}</answer>'})  # malformed
+            ranked.append(worst)
             continue
         p = float(np.clip(0.5 * r["label"] + 0.5 * rng.random(), 0, 1))  # informative probabilities
         lines.append({"row": r["id"], "completion": format_diagnosis_answer("x", int(p >= 0.5), p)})
+        ranked.append(round(p, 2))  # the answer carries two decimals
     comp = tmp_path / "c.jsonl"
     comp.write_text("\n".join(json.dumps(l) for l in lines) + "\n")
     p = run_cli("evaluate-completions", "--task", "diagnosis", "--data", DEMO_MEDS, "--completions", comp,
@@ -159,7 +163,9 @@ def test_evaluate_completions_scores_diagnosis_answers_on_the_mimic_demo(tmp_pat
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout.strip().splitlines()[-1])
     assert res["n_rows"] == len(rows) == 227 and res["main_metric"] == "auroc"
-    assert 0.7 < res["auroc"] <= 1.0 and res["format_valid_rate"] == pytest.approx(0.8, abs=0.02)
+    from sklearn.metrics import roc_auc_score
+    assert res["auroc"] == pytest.approx(roc_auc_score([r["label"] for r in rows], ranked), abs=1e-9)
+    assert 0.5 < res["auroc"] < 0.8 and res["format_valid_rate"] == pytest.approx(0.8, abs=0.02)
     v = pd.read_json(tmp_path / "v.jsonl", lines=True)
     assert (v.loc[v["reason"] == "missing", "format_ok"] == False).all() and (v["reason"] == "missing").sum() == 22
     bad = run_cli("evaluate-completions", "--task", "diagnosis", "--data", DEMO_MEDS, "--completions", comp,
