@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from .ehr.cohorts import Cohort, Preprocessor, load_cohort, split_indices, split_patients
 from .tasks import save_split_ids
-from .metrics import auprc, auroc, bootstrap_ci
+from .metrics import UndefinedMetricError, auprc, auroc, bootstrap_ci
 
 # %% auto #0
 __all__ = ['MODELS', 'DEFAULT_FRACS', 'DEFAULT_HP', 'FIT_KEYS', 'ChannelGRU', 'valid_mask', 'last_step', 'decov_loss', 'ConCare',
@@ -192,6 +192,11 @@ def fit(
     aux_weight: float = 0.01,  # weight of the model's aux loss (ConCare DeCov)
 ) -> dict:
     "Train with early stopping on validation AUPRC; loads the best weights into `model`, returns the history."
+    for name, part in (("train", train), ("val", val)):  # a NaN/inf input silently gives NaN predictions
+        for what, arr in zip(("X", "static"), part[:2]):
+            bad = ~np.isfinite(np.asarray(arr))
+            if bad.any(): raise ValueError(f"fit: {int(bad.sum())} non-finite value(s) in the {name} inputs ({what}, first at "
+                                           f"sample {int(np.argwhere(bad)[0][0])}): impute and normalise first (Preprocessor)")
     seed_everything(seed)
     prev = torch.are_deterministic_algorithms_enabled(); torch.use_deterministic_algorithms(True)
     try:
@@ -208,6 +213,9 @@ def fit(
                 if "aux_loss" in out: loss = loss + aux_weight * out["aux_loss"]
                 opt.zero_grad(); loss.backward(); opt.step(); tot += loss.item() * len(b)
             pv = predict(model, *val[:3])
+            if not np.isfinite(pv).all():
+                raise ValueError(f"fit: epoch {ep}: {int((~np.isfinite(pv)).sum())} of {len(pv)} validation predictions are not "
+                                 f"finite (train loss {tot / len(X):.4g}): training diverged; lower lr (now {lr:g})")
             try: score = auprc(val[3], pv)
             except ValueError: score = float("nan")
             hist.append(dict(epoch=ep, train_loss=tot / len(X), val_auprc=score))
@@ -241,7 +249,7 @@ def evaluate(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0) ->
     out = dict(n=int(len(y)), positives=int(np.sum(y)))
     for name, fn in (("auroc", auroc), ("auprc", auprc)):
         try: pt, lo, hi = bootstrap_ci(fn, y, p, n_boot=n_boot, seed=seed)
-        except ValueError: pt, lo, hi = (float("nan"),) * 3
+        except UndefinedMetricError: pt, lo, hi = (float("nan"),) * 3  # one class in the split; a NaN score is an error
         out[name], out[f"{name}_ci"] = pt, [lo, hi]
     return out
 
@@ -293,6 +301,13 @@ def train_expert(
     splits, ix, pp, X, net, part, hist = f["splits"], f["index"], f["preprocessor"], f["X"], f["net"], f["part"], f["history"]
     fit_kw, model_kw = f["fit_kwargs"], f["model_kwargs"]
     probs = {k: predict(net, *part[k][:3]) for k in part}
+    for k, p in probs.items():  # checked before anything is written: a NaN probability is never a result
+        bad = ~np.isfinite(p)
+        if bad.any():
+            raise ValueError(f"{cohort.info.get('source') or data}: the {model} expert gave {int(bad.sum())} non-finite "
+                             f"probabilit{'y' if bad.sum() == 1 else 'ies'} on the {k} split (first samples "
+                             f"{[cohort.ids[i] for i in ix[k][bad][:5]]}): training diverged or an input is not finite; "
+                             f"nothing was written (try a smaller lr)")
     test, val = evaluate(part["test"][3], probs["test"], n_boot, seed), evaluate(part["val"][3], probs["val"], n_boot, seed)
     out = Path(out_dir or f"runs/experts/{dataset}_{task}_{model}_seed{seed}"); out.mkdir(parents=True, exist_ok=True)
     paths = dict(weights=out / "model.safetensors", config=out / "config.json", metrics=out / "metrics.json",

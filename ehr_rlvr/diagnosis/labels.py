@@ -12,7 +12,8 @@ from ..io import InputFileError, read_csv_checked
 
 # %% auto #0
 __all__ = ['NEW_DIAGNOSIS_CODES', 'LABEL_TASKS', 'DISCHARGE_PREFIX', 'ADMISSION_PREFIX', 'DEATH_CODE', 'SUMMARY_KEYS',
-           'read_code_list', 'code_mask', 'prediction_times', 'label_new_diagnosis', 'label_readmission', 'label_task']
+           'read_code_list', 'code_mask', 'prediction_times', 'label_new_diagnosis', 'check_stays', 'label_readmission',
+           'label_task', 'write_labels']
 
 # %% ../../nbs/14b_diagnosis_labels.ipynb #fbb37768
 def _icd(version:int, *codes:str) -> list[str]: return [f"DIAGNOSIS//ICD//{version}//{c}" for c in codes]
@@ -56,11 +57,30 @@ def code_mask(codes:pd.Series, # a (categorical) code column
     return np.where(idx >= 0, hit[idx], False)
 
 # %% ../../nbs/14b_diagnosis_labels.ipynb #e6660e42
+def _where(meds:pd.DataFrame) -> str:
+    "The MEDS path `read_meds` noted on the frame (for error messages), or 'MEDS events'."
+    return meds.attrs.get("source", "MEDS events")
+
+def _prefix(name:str, value) -> str:
+    "A code prefix parameter, refused when empty (an empty prefix matches every event)."
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty code prefix, got {value!r}: an empty prefix matches every event")
+    return value
+
+def _families(meds:pd.DataFrame, n:int=8) -> str:
+    "The most frequent code families (the code before the first `//`) with their counts, for error messages."
+    fam = meds["code"].astype(str).str.split("//", n=1).str[0].value_counts().head(n)
+    return ", ".join(f"{k} ({v})" for k, v in fam.items())
+
 def prediction_times(meds:pd.DataFrame, # from `read_meds`
                      discharge_prefix:str=DISCHARGE_PREFIX, # code prefix of a discharge event
                     ) -> pd.DataFrame:
     "`subject_id, prediction_time, discharge_time`: 23:59:59 on each discharge day (the day's last discharge)."
+    _prefix("discharge_prefix", discharge_prefix)
     d = meds.loc[code_mask(meds["code"], [discharge_prefix]) & meds["time"].notna(), ["subject_id", "time"]]
+    if d.empty: raise ValueError(f"{_where(meds)}: no timed event has a code starting with the discharge prefix "
+                                 f"{discharge_prefix!r}, so there is no prediction time ({len(meds)} events, "
+                                 f"{meds['subject_id'].nunique()} subjects; code families: {_families(meds)})")
     d = d.assign(prediction_time=d["time"].dt.normalize() + pd.Timedelta(days=1) - pd.Timedelta(seconds=1))
     d = d.groupby(["subject_id", "prediction_time"], as_index=False)["time"].max().rename(columns={"time": "discharge_time"})
     return d.sort_values(["subject_id", "prediction_time"]).reset_index(drop=True)
@@ -93,6 +113,9 @@ def label_new_diagnosis(meds:pd.DataFrame, # from `read_meds`
                         death_code:str=DEATH_CODE, # code prefix of a death event
                        ) -> tuple[pd.DataFrame, dict]:
     "Labels `subject_id, prediction_time, label` of a new diagnosis within the horizon, and the counts (prior, censored...)."
+    codes = [_prefix("each code of `codes`", c) for c in codes]
+    if not codes: raise ValueError("codes is empty: a new-diagnosis task needs at least one code prefix")
+    _prefix("death_code", death_code)
     pt = prediction_times(meds, discharge_prefix)
     first = _subject_times(meds, code_mask(meds["code"], codes), "min", pt)
     death = _subject_times(meds, code_mask(meds["code"], [death_code]), "min", pt)
@@ -107,6 +130,34 @@ def label_new_diagnosis(meds:pd.DataFrame, # from `read_meds`
                         "n_censored": int((~prior & ~positive & ~negative).sum())})
 
 # %% ../../nbs/14b_diagnosis_labels.ipynb #11dc9ce9
+def check_stays(meds:pd.DataFrame, # from `read_meds`
+                admission_prefix:str=ADMISSION_PREFIX, # code prefix of an admission event
+                discharge_prefix:str=DISCHARGE_PREFIX, # code prefix of a discharge event
+               ) -> None:
+    "Refuse stays that cannot be: per subject the k-th discharge must fall between the k-th and the (k+1)-th admission."
+    timed = meds["time"].notna().to_numpy()
+    def ranked(prefix):
+        e = meds.loc[code_mask(meds["code"], [prefix]) & timed, ["subject_id", "time"]].sort_values(["subject_id", "time"])
+        return e.assign(k=e.groupby("subject_id").cumcount())
+    m = ranked(admission_prefix).merge(ranked(discharge_prefix), on=["subject_id", "k"], how="outer", suffixes=("_adm", "_dis"))
+    m = m.sort_values(["subject_id", "k"]).reset_index(drop=True)
+    nxt = m.groupby("subject_id")["time_adm"].shift(-1)
+    before = m["time_dis"] < m["time_adm"]
+    overlap = nxt.notna() & ~(m["time_dis"] <= nxt)
+    orphan = m["time_adm"].isna()
+    bad = before | overlap | orphan
+    if not bad.any(): return
+    i = int(np.flatnonzero(bad.to_numpy())[0]); r = m.iloc[i]; k = int(r["k"]) + 1
+    if before.iat[i]: what = f"discharge #{k} at {r['time_dis']} comes before admission #{k} at {r['time_adm']}"
+    elif overlap.iat[i] and pd.isna(r["time_dis"]):
+        what = f"admission #{k + 1} at {nxt.iat[i]} follows admission #{k} at {r['time_adm']} with no discharge between"
+    elif overlap.iat[i]: what = f"admission #{k + 1} at {nxt.iat[i]} comes before discharge #{k} at {r['time_dis']} (overlapping stays)"
+    else: what = f"discharge #{k} at {r['time_dis']} has no matching admission (more discharges than admissions)"
+    raise ValueError(f"{_where(meds)}: subject {r['subject_id']}: {what} ({int(bad.sum())} inconsistent stay(s) of "
+                     f"{m.loc[bad, 'subject_id'].nunique()} subject(s); admissions {admission_prefix!r}, discharges "
+                     f"{discharge_prefix!r}): fix the event times")
+
+
 def label_readmission(meds:pd.DataFrame, # from `read_meds`
                       horizon_days:int=30, # the label window (t, t + horizon]
                       discharge_prefix:str=DISCHARGE_PREFIX, # prediction times at these discharges
@@ -115,7 +166,11 @@ def label_readmission(meds:pd.DataFrame, # from `read_meds`
                      ) -> tuple[pd.DataFrame, dict]:
     "Labels of an admission within the horizon after each discharge day; same-day readmissions and deaths before t dropped."
     pt = prediction_times(meds, discharge_prefix)
+    _prefix("admission_prefix", admission_prefix)
     adm = meds.loc[code_mask(meds["code"], [admission_prefix]) & meds["time"].notna().to_numpy(), ["subject_id", "time"]]
+    if adm.empty: raise ValueError(f"{_where(meds)}: no timed event has a code starting with the admission prefix "
+                                   f"{admission_prefix!r}: no readmission could ever be positive (code families: {_families(meds)})")
+    check_stays(meds, admission_prefix, discharge_prefix)
     after_discharge = _next_after(pt, "discharge_time", adm)  # first admission after the discharge event
     after_t = _next_after(pt, "prediction_time", adm)  # first admission after the prediction time
     death = _subject_times(meds, code_mask(meds["code"], [death_code]), "min", pt)
@@ -142,8 +197,27 @@ def label_task(meds:pd.DataFrame, # from `read_meds`
               ) -> tuple[pd.DataFrame, dict]:
     "Labels and counts of one task by name."
     if task == "readmission_30d":
+        if codes is not None and not (isinstance(codes, (str, list, tuple)) and len(codes) == 0):
+            raise ValueError(f"codes={str(codes)!r} applies to the new-diagnosis tasks only; readmission_30d is defined by the "
+                             f"admission and discharge prefixes: drop the codes (or set admission_prefix)")
         return label_readmission(meds, horizon_days or 30, discharge_prefix, admission_prefix, death_code)
     if task not in NEW_DIAGNOSIS_CODES and codes is None:
         raise ValueError(f"unknown label task {task!r}; known: {', '.join(LABEL_TASKS)} (or pass `codes` for your own)")
     if isinstance(codes, (str, Path)): codes = read_code_list(codes)
     return label_new_diagnosis(meds, list(codes or NEW_DIAGNOSIS_CODES[task]), horizon_days or 365, discharge_prefix, death_code)
+
+def write_labels(labels:pd.DataFrame, # from `label_task`
+                 out:str|Path, # the CSV to write
+                 meds:str|Path, # the MEDS path the labels came from: `out` may not replace it
+                ) -> Path:
+    "Write `subject_id,prediction_time,label` atomically; refuses an `out` that is the MEDS input (it would replace the events)."
+    from ehr_rlvr.core import atomic_path
+    from ehr_rlvr.diagnosis.meds import meds_files
+    out, meds = Path(out), Path(meds)
+    inputs = {meds.resolve(), *(f.resolve() for f in meds_files(meds))}
+    inside = meds.is_dir() and out.suffix == ".parquet" and out.resolve().is_relative_to(meds.resolve())
+    if out.resolve() in inputs or inside:
+        raise ValueError(f"--out {out} is the MEDS input {meds} (or one of its shards): writing the labels there would replace "
+                         f"the events; choose another file, e.g. labels.csv")
+    with atomic_path(out) as tmp: labels.to_csv(tmp, index=False)
+    return out

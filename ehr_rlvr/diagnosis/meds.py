@@ -10,7 +10,8 @@ import pandas as pd
 from ..io import InputFileError
 
 # %% auto #0
-__all__ = ['MEDS_COLUMNS', 'VALUE_ALIASES', 'meds_files', 'read_meds']
+__all__ = ['MEDS_COLUMNS', 'VALUE_ALIASES', 'BIRTH_CODE', 'MAX_AGE_YEARS', 'MAX_TIME', 'TIMED_FAMILIES', 'meds_files',
+           'read_meds']
 
 # %% ../../nbs/14a_diagnosis_meds.ipynb #e1701f57
 MEDS_COLUMNS = ("subject_id", "time", "code", "numeric_value")
@@ -61,21 +62,71 @@ def _typed(df:pd.DataFrame, f:Path, value:str) -> pd.DataFrame:
                          "code": code.astype(str).astype("category"), "numeric_value": val.astype("float32").to_numpy()})
 
 # %% ../../nbs/14a_diagnosis_meds.ipynb #a046af82
+BIRTH_CODE = "MEDS_BIRTH"
+MAX_AGE_YEARS = 125  # no event may fall more than this many years after the subject's MEDS_BIRTH
+MAX_TIME = pd.Timestamp("2300-01-01")  # nor at/after this date (MIMIC-IV's shifted dates end before 2215; EHRSHOT's are real dates)
+TIMED_FAMILIES = ("MEDS_BIRTH", "MEDS_DEATH", "HOSPITAL_ADMISSION", "HOSPITAL_DISCHARGE")  # never static, even when alone
+
+def _static_prefixes_ok(df:pd.DataFrame, src:np.ndarray, files:list[Path]) -> None:
+    "Refuse an event without a time whose code family (the code before the first `//`) is timed elsewhere."
+    static = df["time"].isna().to_numpy()
+    if not static.any(): return
+    cats, idx = df["code"].cat.categories, df["code"].cat.codes.to_numpy()
+    fam = np.array([str(c).split("//")[0] for c in cats], dtype=object)
+    timed = set(fam[np.unique(idx[~static])]) | set(TIMED_FAMILIES)
+    bad = static & np.isin(fam, list(timed))[idx]
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0]); code = str(df["code"].iat[i])
+        raise InputFileError(f"{files[src[i]]}: subject {df['subject_id'].iat[i]}: event {code!r} has no time, but "
+                             f"{code.split('//')[0]!r} events are timed (elsewhere, or by definition); only static facts (e.g. GENDER//F) may lack "
+                             f"a time ({int(bad.sum())} such event(s) of {df.loc[bad, 'subject_id'].nunique()} subject(s)): "
+                             f"give the event its time or drop it")
+
+def _plausible_times(df:pd.DataFrame, src:np.ndarray, files:list[Path], max_time, max_age_years) -> None:
+    "Refuse event times after `max_time` or more than `max_age_years` after the subject's birth: they fake a long record."
+    t = df["time"]
+    birth = df.loc[(df["code"] == BIRTH_CODE).to_numpy() & t.notna().to_numpy()].groupby("subject_id")["time"].min()
+    checks = []
+    if max_age_years is not None and len(birth):
+        b = pd.Series(birth.reindex(df["subject_id"]).to_numpy(), index=df.index)
+        checks.append((t.notna() & b.notna() & (t > b + pd.Timedelta(days=365.25 * max_age_years)),
+                       lambda i: f"is {(t.iat[i] - b.iat[i]).days / 365.25:.0f} years after the subject's {BIRTH_CODE} "
+                                 f"({b.iat[i].date()}), more than {max_age_years:g}"))
+    if max_time is not None:
+        mt = pd.Timestamp(max_time)
+        checks.append((t.notna() & (t >= mt), lambda i: f"is at or after {mt.date()}, the latest plausible date (`max_time`)"))
+    for bad, what in checks:
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputFileError(f"{files[src[i]]}: subject {df['subject_id'].iat[i]}: event {str(df['code'].iat[i])!r} at "
+                                 f"{t.iat[i]} {what(i)} ({int(bad.sum())} event(s) of {df.loc[bad, 'subject_id'].nunique()} "
+                                 f"subject(s)); a far-future time makes a record look longer than it is (censored labels "
+                                 f"turn negative): fix the times")
+
 def read_meds(path:str|Path, # a MEDS `.parquet` file or a folder of shards
               subjects=None, # optional subject ids to keep (read filter, saves memory)
+              max_time=MAX_TIME, # refuse events at or after this time (None: no bound)
+              max_age_years:float|None=MAX_AGE_YEARS, # refuse events this many years after the subject's birth (None: no bound)
              ) -> pd.DataFrame:
     "Events `subject_id, time, code (categorical), numeric_value (float32)`, sorted by subject then time (static events first)."
-    parts = []
-    for f in meds_files(path):
+    parts, files = [], meds_files(path)
+    for f in files:
         value, cols = _check_schema(f)
         filters = [("subject_id", "in", list(subjects))] if subjects is not None else None
         df = pd.read_parquet(f, columns=cols, filters=filters)
         parts.append(_typed(df, f, value))
     if not parts: raise InputFileError(f"{path}: no events")
+    if not sum(len(p) for p in parts):
+        raise InputFileError(f"{path}: no events: the MEDS file(s) hold no rows" + (" for the requested subjects" if subjects is not None else ""))
+    src = np.concatenate([np.full(len(p), j, np.int32) for j, p in enumerate(parts)])
     codes = pd.api.types.union_categoricals([p["code"] for p in parts]) if len(parts) > 1 else parts[0]["code"]
     df = pd.concat([p.drop(columns="code") for p in parts], ignore_index=True)
     df.insert(2, "code", pd.Categorical(np.asarray(codes)) if len(parts) > 1 else codes.reset_index(drop=True))
     # static events (no time) first within a subject, then chronological; stable, so a file's order breaks ties
     t = df["time"].to_numpy().astype("int64")  # NaT is the smallest int64: static events sort first
     order = np.lexsort((t, df["subject_id"].to_numpy()))
-    return df.iloc[order].reset_index(drop=True)
+    df, src = df.iloc[order].reset_index(drop=True), src[order]
+    _static_prefixes_ok(df, src, files)
+    _plausible_times(df, src, files, max_time, max_age_years)
+    df.attrs["source"] = str(path)  # the labelers name it in their errors
+    return df

@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from ..io import read_csv_checked
+from ..io import InputFileError, read_csv_checked
 from ..tasks import assert_disjoint
 
 # %% auto #0
-__all__ = ['log', 'TJH_META', 'TJH_DROP', 'MIMIC_LABS', 'MIMIC_VITALS', 'FAHRENHEIT_ITEMIDS', 'PLAUSIBLE', 'DATASETS', 'SPLITS',
-           'Cohort', 'pad_long', 'read_tjh_table', 'load_tjh', 'mimic_paths', 'read_events_csv', 'read_meds_chart',
-           'mimic_admissions', 'load_mimic', 'load_cohort', 'split_patients', 'split_indices', 'forward_fill',
-           'Preprocessor']
+__all__ = ['log', 'TJH_META', 'TJH_DROP', 'AGE_RANGE', 'MAX_ABS_VALUE', 'MIN_PER_CLASS', 'MIMIC_LABS', 'MIMIC_VITALS',
+           'FAHRENHEIT_ITEMIDS', 'PLAUSIBLE', 'DATASETS', 'SPLITS', 'Cohort', 'pad_long', 'read_tjh_table', 'load_tjh',
+           'mimic_paths', 'read_events_csv', 'read_meds_chart', 'mimic_admissions', 'load_mimic', 'load_cohort',
+           'split_patients', 'split_indices', 'forward_fill', 'Preprocessor']
 
 # %% ../../nbs/20_ehr_cohorts.ipynb #89e660f5
 log = logging.getLogger(__name__)
@@ -54,6 +54,17 @@ class Cohort:
         bad = [i for i, v in zip(self.ids, np.asarray(self.y).tolist()) if v not in (0, 1)]
         if bad: raise ValueError(f"{self.dataset}: labels must be 0 or 1 (binary targets); samples {bad[:5]} have "
                                  f"{sorted({v for v in np.asarray(self.y).tolist() if v not in (0, 1)})[:5]}")
+        where = self.info.get("source") or self.dataset
+        inf = np.isinf(self.X)  # NaN is "not measured"; inf is never a measurement
+        if inf.any():
+            i, t, j = np.argwhere(inf)[0]
+            raise ValueError(f"{where}: {int(inf.sum())} infinite time-series value(s) (first: sample {self.ids[i]}, feature "
+                             f"{self.feature_names[j]!r}, step {t}); a missing value is NaN, inf is corrupt input")
+        bad_s = ~np.isfinite(np.asarray(self.static, dtype=np.float64))
+        if bad_s.any():
+            i, j = np.argwhere(bad_s)[0]
+            raise ValueError(f"{where}: static feature {self.static_names[j]!r} is {self.static[i, j]} for sample {self.ids[i]} "
+                             f"({int(bad_s.sum())} value(s) not finite); static features must be finite (no imputation)")
 
     def __len__(self): return len(self.ids)
 
@@ -110,6 +121,9 @@ def pad_long(
 # %% ../../nbs/20_ehr_cohorts.ipynb #e0439117
 TJH_META = ["PATIENT_ID", "RE_DATE", "age", "gender", "Admission time", "Discharge time", "outcome"]
 TJH_DROP = ["2019-nCoV nucleic acid detection"]
+AGE_RANGE = (0.0, 125.0)  # a plausible age in years; a missing, non-finite or out-of-range age is refused
+MAX_ABS_VALUE = 1e9  # no TJH or MIMIC-IV lab or vital comes near this in its unit; inf or beyond is a corrupt cell, refused
+MIN_PER_CLASS = 3  # persons per label a patient-level train/val/test split needs at the very least (one per split)
 
 
 def _conflicts(df: pd.DataFrame, key: str, cols: list[str]) -> dict:
@@ -128,6 +142,51 @@ def _show(conf: dict, limit: int = 5) -> str:
     return "; ".join(items) + (f"; ... ({len(conf)} in all)" if len(conf) > limit else "")
 
 
+def _pos(df: pd.DataFrame, i) -> str:
+    "Where row label `i` of a table read by `read_tjh_table` / `read_csv_checked` sits in its file (header = line 1)."
+    return f"{df.attrs.get('row_unit', 'line')} {int(i) + 2}"
+
+
+def _cell(v) -> str:
+    "A cell value as a message shows it: text quoted, numbers plain (nan, inf, 1e+308, -5)."
+    if isinstance(v, str): return repr(v)
+    if isinstance(v, (float, np.floating)): return repr(float(v))
+    if isinstance(v, (int, np.integer)): return str(int(v))
+    return str(v)
+
+
+def _first_bad(df: pd.DataFrame, bad: pd.Series, src: str, what, key: str | None = None) -> None:
+    "Raise `InputFileError` naming the file, the first row under `bad` (and its `key`, e.g. the patient), `what`, and the count."
+    if not bad.any(): return
+    i = bad.index[np.asarray(bad, bool)][0]
+    who = f" ({key} {df.at[i, key]})" if key else ""
+    more = f"; {int(bad.sum())} row(s) like this" + (f" ({df.loc[bad, key].nunique()} {key} value(s))" if key else "")
+    raise InputFileError(f"{src}: {_pos(df, i)}{who}: {what(i) if callable(what) else what}{more}")
+
+
+_DATE_LIKE = r"\s*\d{4}-\d{1,2}-\d{1,2}"  # text dates must start like 2020-01-31 (pandas would read 'now' as today)
+
+
+def _times(s: pd.Series) -> pd.Series:
+    "Parse a date-time column; NaT where a cell is missing or is not a date-time (text must start YYYY-MM-DD)."
+    if pd.api.types.is_datetime64_any_dtype(s): return s
+    ok = s.isna() | s.astype(str).str.match(_DATE_LIKE)
+    return pd.to_datetime(s.where(ok), errors="coerce", format="ISO8601")
+
+
+def _check_classes(y, persons, src: str, task: str, unit: str, min_per_class: int) -> None:
+    "Refuse labels a patient-level split cannot use: one class only, or fewer than `min_per_class` persons with a label."
+    per = pd.Series(np.asarray(y)).groupby(pd.Series(list(persons))).max()
+    n1 = int((per == 1).sum()); n0 = len(per) - n1
+    if n0 and n1 and min(n0, n1) >= min_per_class: return
+    counts = f"{n1} {unit}(s) with label 1 and {n0} with label 0"
+    if not (n0 and n1) and len(per) >= 2 * min_per_class:
+        raise InputFileError(f"{src}: every {unit} has the same {task} label ({counts}): a binary outcome needs both "
+                             f"classes; check the label column")
+    raise InputFileError(f"{src}: too few {unit}s per class for a train/val/test split ({counts}); each class needs at "
+                         f"least {min_per_class} (one per split): use the whole table")
+
+
 def read_tjh_table(path: str | Path, encoding: str = "utf-8") -> pd.DataFrame:
     "Read the published TJH 375-patient table (CSV or xlsx, or a folder holding `time_series_375_en.csv`)."
     path = Path(path)
@@ -135,9 +194,16 @@ def read_tjh_table(path: str | Path, encoding: str = "utf-8") -> pd.DataFrame:
         cands = [path / "time_series_375_en.csv", path / "time_series_375_prerpocess_en.xlsx"]
         path = next((p for p in cands if p.exists()), cands[0])
     if not path.exists(): raise FileNotFoundError(f"TJH table not found: {path}")
-    df = pd.read_excel(path) if path.suffix in (".xlsx", ".xls") else read_csv_checked(path, encoding)
+    if path.suffix in (".xlsx", ".xls"):
+        try: df = pd.read_excel(path)
+        except Exception as e:
+            raise InputFileError(f"{path}: not a readable Excel workbook ({type(e).__name__}: {e}); re-export it, or use "
+                                 f"the published CSV time_series_375_en.csv") from None
+        df.attrs["row_unit"] = "sheet row"
+    else: df = read_csv_checked(path, encoding)
     missing = [c for c in TJH_META if c not in df.columns]
     if missing: raise ValueError(f"{path}: missing TJH columns {missing}")
+    if df.empty: raise InputFileError(f"{path}: no data rows (only the header): the TJH table has one row per lab record")
     df.attrs["path"] = str(path)
     return df
 
@@ -146,6 +212,7 @@ def load_tjh(
     path: str | Path,  # the CSV/xlsx file or the folder holding `time_series_375_en.csv`
     task: str = "mortality",  # only "mortality" exists for TJH
     encoding: str = "utf-8",  # text encoding of a CSV table
+    min_per_class: int = MIN_PER_CLASS,  # refuse fewer patients than this with either outcome
 ) -> Cohort:
     "Per-day TJH cohort: 73 labs, age and sex, in-hospital mortality label."
     if task != "mortality":
@@ -153,9 +220,12 @@ def load_tjh(
     df = read_tjh_table(path, encoding)
     src = df.attrs["path"]
     df = df.copy()
-    df["PATIENT_ID"] = df["PATIENT_ID"].ffill()
-    if df["PATIENT_ID"].isna().any(): raise ValueError(f"{src}: first row has no PATIENT_ID")
-    df["PATIENT_ID"] = df["PATIENT_ID"].astype(int).astype(str)
+    pid = pd.to_numeric(df["PATIENT_ID"], errors="coerce")
+    _first_bad(df, df["PATIENT_ID"].notna() & ~(np.isfinite(pid) & (pid == np.floor(pid))), src,
+               lambda i: f"PATIENT_ID {_cell(df.at[i, 'PATIENT_ID'])} is not an integer id (TJH numbers its patients 1, 2, ...)")
+    if pd.isna(pid.iloc[0]): raise InputFileError(f"{src}: {_pos(df, df.index[0])}: the first row has no PATIENT_ID (the table "
+                                                  f"gives it on each patient's first row)")
+    df["PATIENT_ID"] = pid.ffill().astype("int64").astype(str)
     # labels and demographics: refused, naming the patients, rather than merged or trained on
     y_num = pd.to_numeric(df["outcome"], errors="coerce")
     bad_y = df["outcome"].notna() & ~y_num.isin([0, 1])
@@ -168,16 +238,39 @@ def load_tjh(
     conf = _conflicts(df, "PATIENT_ID", ["age", "gender", "outcome"])
     if conf: raise ValueError(f"{src}: conflicting values within one patient ({_show(conf)}); "
                               f"one PATIENT_ID must have one age, gender and outcome (is an id reused?)")
-    for c in ["RE_DATE", "Admission time"]: df[c] = pd.to_datetime(df[c], errors="coerce")
-    labs = [c for c in df.columns if c not in TJH_META and c not in TJH_DROP]
+    age, sex = pd.to_numeric(df["age"], errors="coerce"), pd.to_numeric(df["gender"], errors="coerce")
+    _first_bad(df, ~age.between(*AGE_RANGE), src, lambda i: f"age {_cell(df.at[i, 'age'])} is not an age in years in "
+               f"[{AGE_RANGE[0]:g}, {AGE_RANGE[1]:g}] (static features must be finite); fix or remove the patient", "PATIENT_ID")
+    _first_bad(df, ~sex.isin([1, 2]), src, lambda i: f"gender {_cell(df.at[i, 'gender'])} is not 1 (male) or 2 (female)", "PATIENT_ID")
+    df["age"], df["gender"] = age, sex
+    # times: an unreadable date is refused; a row without RE_DATE is skipped and counted
+    for c, required in (("RE_DATE", False), ("Admission time", True), ("Discharge time", True)):
+        t = _times(df[c])
+        _first_bad(df, t.isna() & df[c].notna(), src, lambda i: f"{c} {_cell(df.at[i, c])} is not a date-time (e.g. "
+                   f"'2020-01-31 01:09:00')", "PATIENT_ID")
+        if required: _first_bad(df, t.isna(), src, f"no {c}", "PATIENT_ID")
+        df[c] = t
+    _first_bad(df, df["Discharge time"] < df["Admission time"], src, lambda i: f"Discharge time {df.at[i, 'Discharge time']} "
+               f"is before Admission time {df.at[i, 'Admission time']}", "PATIENT_ID")
     no_date = int(df["RE_DATE"].isna().sum())
+    if no_date == len(df): raise InputFileError(f"{src}: no row has an RE_DATE: no lab record can be placed in time")
+    # lab values: text and non-finite / absurd magnitudes are refused; NaN is missingness (imputed later)
+    labs = [c for c in df.columns if c not in TJH_META and c not in TJH_DROP]
     vals = df[labs].apply(pd.to_numeric, errors="coerce")
+    for c in labs:
+        _first_bad(df, vals[c].isna() & df[c].notna(), src, lambda i: f"column {c!r}: {_cell(df.at[i, c])} is not a number",
+                   "PATIENT_ID")
+        _first_bad(df, vals[c].notna() & ~(vals[c].abs() <= MAX_ABS_VALUE), src, lambda i: f"column {c!r}: {_cell(df.at[i, c])} "
+                   f"is not a plausible lab value (inf or |value| > {MAX_ABS_VALUE:g}); fix or blank the cell", "PATIENT_ID")
     n_neg = int((vals < 0).sum().sum())
     vals = vals.mask(vals < 0)  # negative = missing-value code
+    if not vals[df["RE_DATE"].notna()].notna().any().any():
+        raise InputFileError(f"{src}: no lab value in any dated row (the {len(labs)} lab column(s) are empty or hold only "
+                             f"missing-value codes < 0): an expert would learn from age and sex alone")
     # per-patient constants: label, age, sex
     pat = df.groupby("PATIENT_ID", sort=False).agg(outcome=("outcome", "nunique"), y=("outcome", "first"), age=("age", "first"),
                                                    gender=("gender", "first"), adm=("Admission time", "first"))
-    if not pat.gender.isin([1, 2]).all(): raise ValueError(f"{src}: gender must be 1/2, patients {pat.index[~pat.gender.isin([1, 2])].tolist()[:5]}")
+    _check_classes(pat.y.to_numpy(np.int64), pat.index, src, "outcome", "patient", min_per_class)
     long = pd.concat([df[["PATIENT_ID", "RE_DATE"]], vals], axis=1)[df["RE_DATE"].notna()]
     long["day"] = long["RE_DATE"].dt.normalize()
     long = long.drop(columns="RE_DATE").groupby(["PATIENT_ID", "day"], as_index=False).mean()
@@ -239,8 +332,14 @@ def read_events_csv(
     "Stream an events table in chunks, keeping only the needed columns and itemids → subject_id, time, itemid, value."
     cols = ["subject_id", "itemid", time_col, "valuenum"]
     keep, out = set(itemids), []
-    for chunk in read_csv_checked(path, usecols=cols, chunksize=chunksize):
-        out.append(chunk[chunk["itemid"].isin(keep) & chunk["valuenum"].notna()])
+    for chunk in read_csv_checked(path, usecols=cols, chunksize=chunksize):  # the index runs on across chunks: line = index + 2
+        k = chunk[chunk["itemid"].isin(keep) & chunk["valuenum"].notna()].copy()
+        _first_bad(k, ~(k["valuenum"].abs() <= MAX_ABS_VALUE), str(path), lambda i: f"itemid {k.at[i, 'itemid']}, valuenum "
+                   f"{_cell(k.at[i, 'valuenum'])} is not a plausible value (inf or |value| > {MAX_ABS_VALUE:g}); fix or blank the cell",
+                   "subject_id")
+        t = _times(k[time_col])
+        _first_bad(k, t.isna(), str(path), lambda i: f"{time_col} {_cell(k.at[i, time_col])} is not a date-time", "subject_id")
+        out.append(k.assign(**{time_col: t}))
     df = pd.concat(out, ignore_index=True).rename(columns={time_col: "time", "valuenum": "value"})
     df["time"] = pd.to_datetime(df["time"])
     return df
@@ -259,6 +358,11 @@ def read_meds_chart(
     tab = dset.to_table(columns=["subject_id", "time", "code", "value"], filter=pc.field("code").isin(codes))
     df = tab.to_pandas()
     df = df[df["value"].notna()]
+    big = ~(df["value"].astype(float).abs() <= MAX_ABS_VALUE)
+    if big.any():
+        r = df[big].iloc[0]
+        raise InputFileError(f"{path}: subject_id {r['subject_id']}, code {r['code']!r} at {r['time']}: value {_cell(r['value'])} is "
+                             f"not a plausible value (inf or |value| > {MAX_ABS_VALUE:g}); {int(big.sum())} event(s) like this")
     df["itemid"] = df["code"].str.split("//").str[1].astype(int)
     return df[["subject_id", "time", "itemid", "value"]].astype({"value": float}).reset_index(drop=True)
 
@@ -269,21 +373,35 @@ def mimic_admissions(
 ) -> pd.DataFrame:
     "Admissions with age, sex, mortality and 30-day readmission labels (see the definitions above)."
     af, pf = _csv(hosp, "admissions"), _csv(hosp, "patients")
-    a = read_csv_checked(af, usecols=["subject_id", "hadm_id", "admittime", "dischtime", "hospital_expire_flag"],
-                         parse_dates=["admittime", "dischtime"])
+    a = read_csv_checked(af, usecols=["subject_id", "hadm_id", "admittime", "dischtime", "hospital_expire_flag"])
     flag = pd.to_numeric(a["hospital_expire_flag"], errors="coerce")
     bad = a.loc[~flag.isin([0, 1]), "hadm_id"].tolist()
     if bad: raise ValueError(f"{af}: hospital_expire_flag must be 0 or 1; hadm_id(s) {bad[:5]} have "
                              f"{sorted(set(a.loc[~flag.isin([0, 1]), 'hospital_expire_flag'].astype(str)))[:5]}")
     dup = a["hadm_id"][a["hadm_id"].duplicated()].unique().tolist()
     if dup: raise ValueError(f"{af}: hadm_id(s) {dup[:5]} appear on more than one row")
+    for c in ("admittime", "dischtime"):  # every admission has both; an unreadable or missing time is refused
+        t = _times(a[c])
+        _first_bad(a, t.isna(), str(af), lambda i: f"{c} {_cell(a.at[i, c])} is not a date-time (e.g. '2180-05-06 22:23:00')", "hadm_id")
+        a[c] = t
+    _first_bad(a, a["dischtime"] < a["admittime"], str(af), lambda i: f"dischtime {a.at[i, 'dischtime']} is before admittime "
+               f"{a.at[i, 'admittime']}", "hadm_id")
     p = read_csv_checked(pf, usecols=["subject_id", "gender", "anchor_age", "anchor_year"])
     conf = _conflicts(p, "subject_id", ["gender", "anchor_age", "anchor_year"])
     if conf: raise ValueError(f"{pf}: conflicting demographics for one subject_id ({_show(conf)})")
+    age, year = pd.to_numeric(p["anchor_age"], errors="coerce"), pd.to_numeric(p["anchor_year"], errors="coerce")
+    _first_bad(p, ~age.between(*AGE_RANGE), str(pf), lambda i: f"anchor_age {_cell(p.at[i, 'anchor_age'])} is not an age in years in "
+               f"[{AGE_RANGE[0]:g}, {AGE_RANGE[1]:g}] (static features must be finite)", "subject_id")
+    _first_bad(p, ~(np.isfinite(year) & (year == np.floor(year))), str(pf),
+               lambda i: f"anchor_year {_cell(p.at[i, 'anchor_year'])} is not a year", "subject_id")
+    _first_bad(p, ~p["gender"].isin(["M", "F"]), str(pf), lambda i: f"gender {_cell(p.at[i, 'gender'])} is not 'M' or 'F'", "subject_id")
     p = p.groupby("subject_id", as_index=False, sort=False).first()  # repeated identical rows are one person
     a = a.merge(p, on="subject_id", how="left", validate="many_to_one")
     if a["gender"].isna().any(): raise ValueError(f"{hosp}: admissions of subjects missing from patients: {a.loc[a.gender.isna(), 'subject_id'].unique()[:5]}")
     a["age"] = a["anchor_age"] + a["admittime"].dt.year - a["anchor_year"]
+    _first_bad(a, ~a["age"].between(*AGE_RANGE), str(af), lambda i: f"age at admission {a.at[i, 'age']} (anchor_age "
+               f"{a.at[i, 'anchor_age']} + admittime year {a.at[i, 'admittime'].year} - anchor_year {a.at[i, 'anchor_year']}) "
+               f"is outside [{AGE_RANGE[0]:g}, {AGE_RANGE[1]:g}]", "hadm_id")
     a["sex_male"] = (a["gender"] == "M").astype(float)
     a = a.sort_values(["subject_id", "admittime"]).reset_index(drop=True)
     nxt = a.groupby("subject_id")["admittime"].shift(-1)
@@ -311,6 +429,7 @@ def load_mimic(
     bin_hours: float = 4,  # width of a time step
     labs: dict[int, str] | None = None,  # itemid -> name (default MIMIC_LABS)
     vitals: dict[str, tuple[int, ...]] | None = None,  # name -> chart itemids (default MIMIC_VITALS)
+    min_per_class: int = MIN_PER_CLASS,  # refuse fewer subjects than this with either label
 ) -> Cohort:
     "MIMIC-IV admission cohort: labs + vitals in fixed bins of the observation window, age/sex, the task's label."
     if task not in ("mortality", "readmission"): raise ValueError(f"unknown MIMIC-IV task {task!r}: use 'mortality' or 'readmission'")
@@ -333,6 +452,7 @@ def load_mimic(
         a["start"] = np.maximum(a["admittime"], a["dischtime"] - pd.Timedelta(hours=obs_hours))
         a["end"] = a["dischtime"] + pd.Timedelta(seconds=1)
     a = a.reset_index(drop=True)
+    _check_classes(a[task].to_numpy(np.int64), a["subject_id"], str(_csv(P["hosp"], "admissions")), task, "subject", min_per_class)
     # labs (hosp/labevents) ------------------------------------------------------------
     lab = read_events_csv(_csv(P["hosp"], "labevents"), list(labs))
     lab["feature"] = lab["itemid"].map(labs)
@@ -368,6 +488,8 @@ def load_mimic(
     times = np.where(np.arange(X.shape[1])[None] < lengths[:, None], np.arange(X.shape[1])[None] * bin_hours, np.nan).astype(np.float32)
     static = a[["age", "sex_male"]].to_numpy(np.float32)
     info["admissions_without_events"] = int((~a["hadm_id"].isin(ev["hadm_id"])).sum())
+    if ev.empty: raise InputFileError(f"{P['root']}: no lab or vital value falls in any admission's observation window: an "
+                                      f"expert would learn from age and sex alone (check labevents and the chart events)")
     return Cohort(X, ~np.isnan(X), lengths, times, static, a[task].to_numpy(np.int64), ids,
                   a["subject_id"].astype(str).tolist(), names, dataset="mimic-iv", task=task, time_unit="hour", info=info)
 
@@ -400,13 +522,23 @@ def split_patients(
     assert abs(sum(fracs) - 1) < 1e-6, f"fractions {fracs} must sum to 1"
     g = pd.Series(np.asarray(y)).groupby(pd.Series(patient_ids)).max()
     ids, lab = g.index.to_numpy(), g.to_numpy()
+    n1 = int(lab.sum()); what = f"{len(ids)} person(s): {n1} with label 1, {len(ids) - n1} with label 0"
+    if n1 in (0, len(ids)): raise ValueError(f"split_patients: every person has the same label ({what}): a binary task needs both classes")
     strat = lab if min(np.bincount(lab)) >= 3 else None
-    rest, test = train_test_split(ids, test_size=fracs[2], random_state=seed, stratify=strat)
-    rlab = g.loc[rest].to_numpy()
-    train, val = train_test_split(rest, test_size=fracs[1] / (fracs[0] + fracs[1]), random_state=seed,
-                                  stratify=rlab if strat is not None and min(np.bincount(rlab)) >= 2 else None)
+    try:
+        rest, test = train_test_split(ids, test_size=fracs[2], random_state=seed, stratify=strat)
+        rlab = g.loc[rest].to_numpy()
+        train, val = train_test_split(rest, test_size=fracs[1] / (fracs[0] + fracs[1]), random_state=seed,
+                                      stratify=rlab if strat is not None and min(np.bincount(rlab)) >= 2 else None)
+    except ValueError as e: raise ValueError(f"split_patients: cannot split {what} into train/val/test {fracs} ({e})") from None
     out = {k: sorted(map(str, v)) for k, v in zip(SPLITS, (train, val, test))}
     assert_disjoint(out)
+    per = dict(zip(map(str, ids), lab.tolist()))
+    for k in SPLITS:  # a split without one class gives NaN AUROC/AUPRC (no early stopping, no test metric)
+        lack = sorted({0, 1} - {per[p] for p in out[k]})
+        if lack: raise ValueError(f"split_patients: the {k} split ({len(out[k])} person(s)) has no person with label "
+                                  f"{lack[0]} ({what}; fractions {fracs}): too few persons per class for this split; "
+                                  f"use more data or larger val/test fractions")
     return out
 
 
@@ -446,13 +578,20 @@ class Preprocessor:
         X, M = cohort.X[idx], cohort.mask[idx]
         F = X.shape[-1]
         med, mu, sd = np.zeros(F), np.zeros(F), np.ones(F)
-        for f in range(F):
-            v = X[..., f][M[..., f]].astype(np.float64)
-            if len(v): med[f], mu[f], sd[f] = np.median(v), v.mean(), v.std() if v.std() > 1e-8 else 1.0
-        s = cohort.static[idx].astype(np.float64)
-        ssd = s.std(0); ssd[ssd < 1e-8] = 1.0
-        return cls(med.astype(np.float32), mu.astype(np.float32), sd.astype(np.float32),
-                   s.mean(0).astype(np.float32), ssd.astype(np.float32), clip)
+        with np.errstate(invalid="ignore", over="ignore"):  # a non-finite statistic is refused just below
+            for f in range(F):
+                v = X[..., f][M[..., f]].astype(np.float64)
+                if len(v): med[f], mu[f], sd[f] = np.median(v), v.mean(), v.std() if v.std() > 1e-8 else 1.0
+            s = cohort.static[idx].astype(np.float64)
+            ssd = s.std(0); ssd[ssd < 1e-8] = 1.0
+        pp = cls(med.astype(np.float32), mu.astype(np.float32), sd.astype(np.float32),
+                 s.mean(0).astype(np.float32), ssd.astype(np.float32), clip)
+        names = list(cohort.feature_names) * 3 + list(cohort.static_names) * 2
+        stats = np.concatenate([pp.medians, pp.means, pp.stds, pp.static_means, pp.static_stds])
+        bad = sorted({names[j] for j in np.flatnonzero(~np.isfinite(stats))})
+        if bad: raise ValueError(f"{cohort.info.get('source') or cohort.dataset}: the training statistics of {bad[:5]} are not "
+                                 f"finite (values too large to standardise in float32); refuse or rescale those inputs")
+        return pp
 
     def transform(self, cohort: Cohort) -> tuple[np.ndarray, np.ndarray]:
         "(X imputed + normalised [N, T, F] float32, static normalised [N, S] float32)."
@@ -461,7 +600,15 @@ class Preprocessor:
         X = np.clip((X - self.means) / self.stds, -self.clip, self.clip)
         X[np.arange(X.shape[1])[None] >= cohort.lengths[:, None]] = 0.0
         S = (cohort.static - self.static_means) / self.static_stds
-        return X.astype(np.float32), S.astype(np.float32)
+        X, S = X.astype(np.float32), S.astype(np.float32)
+        for arr, names, what in ((X, cohort.feature_names, "feature"), (S, cohort.static_names, "static feature")):
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                at = np.argwhere(bad)[0]
+                raise ValueError(f"{cohort.info.get('source') or cohort.dataset}: normalisation gave {int(bad.sum())} non-finite "
+                                 f"value(s) (first: sample {cohort.ids[at[0]]}, {what} {names[at[-1]]!r}); the input or the "
+                                 f"fitted statistics are not finite")
+        return X, S
 
     def to_dict(self) -> dict:
         "JSON-ready dict."

@@ -91,6 +91,7 @@ def read_qrels(path:str|Path, # a TrialGPT / BEIR `qrels/*.tsv` with header `que
             seen[(q, c)] = (s, n)
             qs.append(q); cs.append(c); ls.append(int(s)); lines.append(n)
     if header is None: raise InputFileError(f"{path}: empty qrels file (expected the header {chr(9).join(QRELS_HEADER)!r})")
+    if not qs: raise InputFileError(f"{path}: the qrels file has the header (line {header}) but no judgment: nothing to evaluate")
     df = pd.DataFrame({"query_id": qs, "corpus_id": cs, "label": pd.array(ls, dtype="int64"), "line": lines})
     df.attrs["n_duplicate_judgments"] = n_dup
     if n_dup: warnings.warn(f"{path}: {n_dup} identical repeated judgment(s) kept once")
