@@ -72,6 +72,9 @@ def evaluate_completions(task:str, # task registry name
     if protocol is not None: params["protocol"] = protocol
     try: t = get_task(task, **params)
     except TypeError as e: raise ValueError(f"task {task!r} does not take {sorted(params)}: {e}") from None
+    if need := [k for k in t.scoring_params if k not in params]:  # no silent default for what the answers are scored against
+        raise ValueError(f"task {task!r}: pass " + " and ".join(f"--task-param {k}=VALUE (e.g. {t.PARAMS[k]!r})" for k in need)
+                         + ": it decides what the answers are scored against, so it has no silent default")
     views = task_views(t)
     rows = t.load_rows(data, encoding=encoding)
     if len(rows) == 0: raise ValueError(f"{data}: no rows to evaluate")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_tasks.ipynb #a907c895
 from __future__ import annotations
-import importlib, json
+import importlib, json, os
 from pathlib import Path
 from typing import Any, Callable
 import numpy as np
@@ -13,7 +13,7 @@ from .io import is_encodable
 
 # %% auto #0
 __all__ = ['ROW_COLUMNS', 'SPLITS', 'ANSWER_KINDS', 'TASKS', 'check_rows', 'split_by_group', 'assert_disjoint', 'save_split_ids',
-           'load_split_ids', 'Task', 'scorable_mask', 'register_task', 'all_tasks', 'get_task']
+           'load_split_ids', 'Task', 'scorable_mask', 'check_input_path', 'register_task', 'all_tasks', 'get_task']
 
 # %% ../nbs/02_tasks.ipynb #0148d5a1
 ROW_COLUMNS = ("prompt", "ground_truth", "task", "id", "group_id", "split")
@@ -121,6 +121,7 @@ class Task:
     answer_kind: str = "exact"              # exact | label | probability: decides the metrics
     labels: tuple[str, ...] = ()            # label kind: class names, index = label
     main_metric: str = "accuracy"           # the one number the report compares regimes by
+    scoring_params: tuple[str, ...] = ()    # parameters that decide what is scored: scoring a completions file needs them given
     group_columns: tuple[str, ...] = ()     # row columns results are broken down by (kept in predictions)
     knowledge_unit: str|None = None         # row column the pilot measures knowledge per; None: no pilot
     knowledge_unit_name: str|None = None    # row column with a unit's display name
@@ -132,7 +133,11 @@ class Task:
     PARAM_TYPES: dict[str, tuple] = {}      # types a parameter may take besides its default's (e.g. a path or a frame)
     view_splits: dict[str, str] = {}        # extra split -> the split whose rows it re-renders (same ids, e.g. permuted)
 
-    def __init__(self, **params): self.params = self.merged(params, {**self.PARAMS})
+    def __init__(self, **params):
+        self.params = self.merged(params, {**self.PARAMS})
+        self.check_values(self.params)
+    def check_values(self, p:dict) -> None:
+        "Refuse parameter values the task cannot run with (ranges, known names, input paths that must exist). It runs when the task is built, so the config check refuses a bad value before a run folder exists. Default: nothing to check."
     def merged(self, params:dict, base:dict|None=None) -> dict:
         "`base` (default: this task's params) updated with `params`, each checked against `PARAMS`: name and type."
         unknown = sorted(set(params) - set(self.PARAMS))
@@ -250,6 +255,16 @@ def scorable_mask(scored:pd.DataFrame, # a scored frame
     if "scorable" in scored.columns: return scored["scorable"].fillna(False).astype(bool)
     if "reason" in scored.columns: return scored["reason"].astype(str) != "gold_unusable"
     return pd.Series(True, index=scored.index)
+
+# %% ../nbs/02_tasks.ipynb #c4ecf1a0
+def check_input_path(task:str, # task name, for the message
+                     key:str, # the parameter, e.g. "test_source"
+                     value, # its value: a path, or "" / a non-path value (not checked)
+                    ) -> None:
+    "A task parameter that names an input file or folder must exist (a relative path starts at the working directory: the project root in a run)."
+    if isinstance(value, (str, os.PathLike)) and str(value) and not Path(value).exists():
+        raise ValueError(f"{task}: task_params.{key}: no such file or folder: {value} (looked for {Path(value).resolve()}); "
+                         "give an existing path (relative paths start at the project root)")
 
 # %% ../nbs/02_tasks.ipynb #c9d0ce78
 TASKS: dict[str, type[Task]] = {}

@@ -85,6 +85,8 @@ def test_rerun_resumes_a_half_done_run(smoke_run):
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_every_shipped_config_resolves_against_the_stages(config, tmp_path):
     from ehr_rlvr.pipeline import load_run_config
+    if "../shared/data" in (ROOT / "configs" / config).read_text() and not (ROOT.parent / "shared" / "data").exists():
+        pytest.skip(f"{config} reads ../shared/data, absent here: the config check refuses a missing input path")
     cfg = load_run_config(ROOT / "configs" / config, root=ROOT)  # the runner's loader: `launcher:` keys checked too
     stages = resolve_stages(cfg, pipeline_dir(ROOT), tmp_path / "run")
     assert stages and all(s["path"].exists() for s in stages)

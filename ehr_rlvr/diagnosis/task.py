@@ -11,7 +11,7 @@ import pandas as pd
 from ..core import atomic_path
 from ..io import InputFileError
 from ..rewards import MAX_COMPLETION_CHARS, Parsed, parse_tagged_object
-from ..tasks import Task, check_rows, register_task, split_by_group
+from ..tasks import Task, check_input_path, check_rows, register_task, split_by_group
 from .meds import read_meds
 from .labels import LABEL_TASKS, label_task
 from .timeline import CodeBook, mimic_codebook, timeline_text
@@ -194,7 +194,16 @@ class DiagnosisTask(Task):
               "n_subjects": 600, "prior_htn_rate": 0.1, "censor_rate": 0.1, "pretrain_subjects": 400, "pretrain_drivers": []}
     PARAM_TYPES = {"source": (str, os.PathLike), "codes": (str, os.PathLike, list), "codebook": (str, os.PathLike)}
 
-    def _check(self, p:dict) -> None:
+    scoring_params = ("label_task",)  # what is scored: an external completions file must name it (no silent default)
+
+    def check_values(self, p:dict) -> None:
+        "Known label task (or own codes), class weighting, counts and rates, input paths that must exist."
+        if not (isinstance(p["source"], str) and p["source"] == "synthetic"): check_input_path(self.name, "source", p["source"])
+        check_input_path(self.name, "codebook", p["codebook"])
+        for k in ("n_subjects", "token_budget"):
+            if int(p[k]) < 1: raise ValueError(f"diagnosis: task_params.{k} must be >= 1, got {p[k]!r}")
+        for k in ("prior_htn_rate", "censor_rate"):
+            if not 0.0 <= float(p[k]) <= 1.0: raise ValueError(f"diagnosis: task_params.{k} must lie in [0, 1], got {p[k]!r}")
         if p["label_task"] not in LABEL_TASKS and not p["codes"]:
             raise ValueError(f"task_params.label_task {p['label_task']!r} unknown; known: {', '.join(LABEL_TASKS)} (or give `codes`)")
         if p["class_weighting"] not in ("inverse_frequency", "none"):
@@ -212,7 +221,7 @@ class DiagnosisTask(Task):
     def rows_frame(self, seed:int, p:dict, style:str, n_subjects:int|None=None, id_offset:int=1,
                    drivers:list|None=None) -> pd.DataFrame:
         "Labeled, rendered rows of the source (first `max_times_per_subject` times per subject)."
-        self._check(p)
+        self.check_values(p)
         ev, truth, book = self.events(seed, p, n_subjects, id_offset)
         labels, summary = label_task(ev, p["label_task"], codes=p["codes"] or None, discharge_prefix=p["discharge_prefix"],
                                      admission_prefix=p["admission_prefix"])

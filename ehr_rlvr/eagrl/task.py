@@ -16,7 +16,7 @@ from .format import (PREFIXES, QUESTIONS, eagrl_prompt, format_eagrl_answer, par
                                    templated_steps)
 from .rewards import OUTCOME_DEFAULTS, gold_label, score_outcome
 from ..rewards import Parsed
-from ..tasks import Task, assert_disjoint, check_rows, register_task
+from ..tasks import Task, assert_disjoint, check_input_path, check_rows, register_task
 
 # %% auto #0
 __all__ = ['EXPERTS', 'COMBINE', 'DEFAULT_WEIGHTS', 'oracle_saliency', 'read_saliency', 'most_measured', 'cross_split',
@@ -257,9 +257,15 @@ class EHRPredictionTask(Task):
     PARAM_TYPES = {"data": (str, os.PathLike), "saliency": (str, os.PathLike, list)}
     view_splits = {"test_permuted": "test"}  # the test rows with every patient's feature lines in a seeded random order
 
-    def _check(self, p: dict) -> None:
+    def check_values(self, p: dict) -> None:
+        "Known source, outcome, targets and guidance; ranges; dataset, saliency and cross-dataset paths that must exist."
         if p["source"] not in ("synthetic", "tjh", "mimic-iv"):
             raise ValueError(f"task_params.source must be synthetic | tjh | mimic-iv, got {p['source']!r}")
+        if p["source"] != "synthetic":
+            if not p["data"]: raise ValueError(f"task_params.data must give the {p['source']} dataset path (source: {p['source']})")
+            check_input_path(self.name, "data", p["data"])
+        for j, s in enumerate(p["saliency"] if isinstance(p["saliency"], list) else [p["saliency"]]):
+            check_input_path(self.name, f"saliency[{j}]" if isinstance(p["saliency"], list) else "saliency", s)
         if p["outcome"] not in QUESTIONS: raise ValueError(f"task_params.outcome must be one of {list(QUESTIONS)}, got {p['outcome']!r}")
         if p["sft_target"] not in ("label", "expert"): raise ValueError(f"task_params.sft_target must be label | expert, got {p['sft_target']!r}")
         if not 0.5 <= p["sft_confidence"] <= 1: raise ValueError(f"task_params.sft_confidence must be in [0.5, 1], got {p['sft_confidence']}")
@@ -271,12 +277,13 @@ class EHRPredictionTask(Task):
         for j, c in enumerate(p["cross"]):
             if not isinstance(c, dict) or c.get("source") not in ("tjh", "mimic-iv") or not c.get("data"):
                 raise ValueError(f"task_params.cross[{j}] must be {{source: tjh | mimic-iv, data: PATH[, outcome]}}, got {c!r}")
+            check_input_path(self.name, f"cross[{j}].data", c["data"])
 
     def build_splits(self, out_dir=None, seed: int = 0, style: str = "compact", val_frac: float = 0.1, test_frac: float = 0.2,
                      **params) -> "datasets.DatasetDict":
         "Rows for train / val / test, split by person with the expert's split; writes `splits.json` and `expert.json` to `out_dir`."
         import datasets
-        p = self.merged(params); self._check(p)
+        p = self.merged(params); self.check_values(p)
         cohort, splits, scores, info = cohort_and_expert(p, seed, _fracs(val_frac, test_frac))
         ensemble, ens_info = ensemble_guidance(cohort, p, seed, _fracs(val_frac, test_frac))
         ix = split_indices(cohort, splits)
@@ -307,7 +314,7 @@ class EHRPredictionTask(Task):
     def load_rows(self, data, style: str = "eagrl", encoding: str = "utf-8", **params) -> "datasets.Dataset":
         "Every sample of a TJH/MIMIC-IV path as rows (split `all`; training statistics over all samples). `encoding` is unused."
         import datasets
-        p = self.merged(params); self._check(p)
+        p = self.merged(params); self.check_values(p)
         if p["source"] == "synthetic": raise ValueError("load_rows reads a dataset path: set task_params.source to tjh or mimic-iv")
         p = {**p, "data": str(data)}
         cohort = load_cohort(p["source"], p["outcome"], p["data"])

@@ -8,7 +8,7 @@ import os, re, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from ..tasks import Task, check_rows, register_task, split_by_group
+from ..tasks import Task, check_input_path, check_rows, register_task, split_by_group
 from ..rewards import Parsed, format_completion, parse_completion
 from .verify import PROTOCOLS, check_protocol, gold_answer_value, parse_gold, score_completion
 from .audit import GOLD_MODES, apply_gold, check_gold
@@ -37,11 +37,26 @@ class MedCalcTask(Task):
                    "relabel_csv": (str, os.PathLike)}
     views = tuple(f"{p}/{g}" for p in PROTOCOLS for g in ("original", "corrected"))  # what `score_views` reports
 
-    def __init__(self, **params):
-        super().__init__(**params)
-        check_gold(self.params["gold"]); check_protocol(self.params["protocol"])
-        if not 0.0 <= float(self.params["label_noise_rate"]) <= 1.0:
-            raise ValueError(f"medcalc: label_noise_rate must lie in [0, 1], got {self.params['label_noise_rate']!r}")
+    def check_values(self, p:dict) -> None:
+        "Gold mode, protocol, rates in [0, 1], counts, known calculator ids, input paths that must exist."
+        from ehr_rlvr.medcalc.base import CALCULATORS
+        check_gold(p["gold"]); check_protocol(p["protocol"])
+        for k in ("label_noise_rate", "unit_conversion_rate", "missing_value_rate", "distractor_rate", "misapplied_rate"):
+            if not 0.0 <= float(p[k]) <= 1.0: raise ValueError(f"medcalc: task_params.{k} must lie in [0, 1], got {p[k]!r}")
+        if int(p["n_per_calculator"]) < 1: raise ValueError(f"medcalc: task_params.n_per_calculator must be >= 1, got {p['n_per_calculator']!r}")
+        if int(p["pretrain_notes_per_calculator"]) < 0:
+            raise ValueError(f"medcalc: task_params.pretrain_notes_per_calculator must be >= 0, got {p['pretrain_notes_per_calculator']!r}")
+        if not p["calculator_ids"]: raise ValueError("medcalc: task_params.calculator_ids is empty: name at least one calculator")
+        for k in ("calculator_ids", "knowledge_calculator_ids"):
+            if unknown := [c for c in p[k] if not isinstance(c, int) or c not in CALCULATORS]:
+                raise ValueError(f"medcalc: task_params.{k}: unknown calculator id(s) {unknown}; known: {sorted(CALCULATORS)}")
+        synthetic = isinstance(p["source"], str) and p["source"] == "synthetic"  # (the note generator covers every calculator)
+        for k in ("test_source", "train_extra", "relabel_csv") + (() if synthetic else ("source",)):
+            v = p[k]
+            if isinstance(v, str) and v and k in ("source", "test_source") and not Path(v).exists() \
+                    and not v.endswith(".csv") and re.fullmatch(r"[\w.-]+/[\w.-]+", v):
+                continue  # a hub id, loaded when the rows are built
+            check_input_path("medcalc", k, v)
 
     def _gold(self, df:pd.DataFrame, p:dict, noisy=None, seed:int=0) -> pd.DataFrame:
         "The frame with `label_noise_rate` of the `noisy` rows corrupted, then `gold` applied (`audit.apply_gold`)."
