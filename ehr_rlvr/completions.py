@@ -68,6 +68,13 @@ def evaluate_completions(task:str, # task registry name
                          task_params:dict|None=None, # the task's own parameters (its `PARAMS`), e.g. which gold to score against
                         ) -> dict:
     "Score a completions JSONL against a task's data file; summary metrics over all data rows with a usable gold (+ every scoring view)."
+    inputs = {"--data": Path(data), "--completions": Path(completions)}
+    for flag, o in (("--out", out), ("--predictions", predictions)):  # an output never replaces an input
+        for name, i in inputs.items():
+            if o is not None and (Path(o).resolve() == i.resolve() or (Path(o).exists() and i.exists() and Path(o).samefile(i))):
+                raise ValueError(f"{flag} {o} is the {name} file: an output may not overwrite an input; choose another path")
+    if out is not None and predictions is not None and Path(out).resolve() == Path(predictions).resolve():
+        raise ValueError(f"--out and --predictions are the same file ({out}): give two paths")
     params = dict(task_params or {})
     if protocol is not None: params["protocol"] = protocol
     try: t = get_task(task, **params)

@@ -8,6 +8,7 @@ is an error, and an unbounded input is refused at once. Built on the real TREC 2
 | 2 missing rows, probability kind | MIMIC-IV demo readmission, perfect probabilities, every positive left out | AUROC 0.0 (each missing positive ranks below every answer), Brier counts them as 1 |
 | 2 no match | an empty completions file; a file whose row keys all belong to another data file | `ValueError` naming the file (and a key of each side) |
 | 3 malformed probability | 0.1 on every negative, "no idea" on every positive (diagnosis) | AUROC 0.0, not 1.0 |
+| 5 paths | `evaluate-completions --out` or `--predictions` equal to `--data` or `--completions` | `ValueError`: an output may not overwrite an input; both files unchanged |
 | 9 unbounded input | `--completions /dev/zero` | exit 2 within one 16 MB read: "line longer than 16,000,000 bytes" |
 """
 import json
@@ -15,7 +16,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import DATA_ROOT, run_cli
+from conftest import DATA_ROOT, ROOT, run_cli
 
 TREC = DATA_ROOT / "trec_ct" / "trec_2021"
 DEMO_MEDS = DATA_ROOT / "mimic_iv_demo" / "meds_events_with_chartevents" / "mimic_iv_demo_meds_events.parquet"
@@ -110,3 +111,16 @@ def test_a_stream_without_line_breaks_is_refused_at_once(tmp_path):
                 "--completions", "/dev/zero", timeout=120)
     assert p.returncode == 2, p.stderr[-2000:]
     assert "/dev/zero:1: line longer than 16,000,000 bytes" in p.stderr
+
+
+@pytest.mark.parametrize("which", ["out", "predictions"])
+def test_outputs_never_overwrite_the_inputs(tmp_path, which):
+    from ehr_rlvr.completions import evaluate_completions
+    data = tmp_path / "notes.csv"
+    data.write_bytes((ROOT / "data" / "medcalc_synthetic_sample.csv").read_bytes())
+    comp = _write(tmp_path / "c.jsonl", [{"row": 1, "completion": "x"}])
+    before = {p: p.read_bytes() for p in (data, comp)}
+    for target, name in ((data, "--data"), (comp, "--completions")):
+        with pytest.raises(ValueError, match=f"--{which} .* is the {name} file: an output may not overwrite an input"):
+            evaluate_completions("medcalc", str(data), str(comp), **{which: str(target)})
+    assert {p: p.read_bytes() for p in (data, comp)} == before
