@@ -24,9 +24,9 @@ from .tasks import Task
 
 # %% auto #0
 __all__ = ['VLLM_MODES', 'cpu_bf16_supported', 'precision_kwargs', 'lora_config', 'load_dtype', 'sft_dataset',
-           'sft_dataset_from_file', 'build_sft_config', 'build_grpo_config', 'grpo_dataset', 'grpo_trainer',
-           'discard_foreign_checkpoints', 'last_complete_checkpoint', 'trainable_snapshot', 'changed', 'log_history',
-           'world_size', 'per_process_batch', 'save_policy', 'vllm_kwargs', 'freeze_below_top_layers',
+           'sft_dataset_from_file', 'build_sft_config', 'ConsoleProgress', 'build_grpo_config', 'grpo_dataset',
+           'grpo_trainer', 'discard_foreign_checkpoints', 'last_complete_checkpoint', 'trainable_snapshot', 'changed',
+           'log_history', 'world_size', 'per_process_batch', 'save_policy', 'vllm_kwargs', 'freeze_below_top_layers',
            'generate_shared_prefix', 'SharedPrefixSampling', 'with_shared_prefix']
 
 # %% ../nbs/06_train.ipynb #29a71165
@@ -145,6 +145,43 @@ def build_sft_config(output_dir: str,  # checkpoints and logs
                     disable_tqdm=False, **precision_kwargs(precision))
     _dump(cfg, output_dir)
     return cfg
+
+# %% ../nbs/06_train.ipynb #5e1c0a11
+import sys
+import time
+
+from transformers import TrainerCallback
+
+
+def _fmt_eta(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class ConsoleProgress(TrainerCallback):
+    "Step count, seconds per step and ETA of a training run, on the process's stderr (the runner's console)."
+    def __init__(self, label: str,  # e.g. the stage name
+                 every_s: float = 30.0,  # at most one line per this many seconds (the first and last steps always)
+                 stream=None):  # default `sys.__stderr__`: the kernel's stderr, not the notebook's output
+        self.label, self.every_s, self.stream = label, every_s, stream
+        self._t0 = self._last = None
+        self._first_step = 0
+
+    def on_train_begin(self, args, state, control, **kw):
+        self._t0, self._last, self._first_step = time.monotonic(), None, state.global_step  # a resumed run counts from here
+
+    def on_step_end(self, args, state, control, **kw):
+        if not state.is_world_process_zero or self._t0 is None:
+            return
+        now = time.monotonic() - self._t0
+        done, total = state.global_step, state.max_steps
+        if self._last is not None and now - self._last < self.every_s and done < total:
+            return
+        self._last = now
+        per = now / max(done - self._first_step, 1)
+        line = f"[{self.label}] step {done}/{total} ({100 * done / max(total, 1):.0f}%) · {per:.1f} s/step"
+        line += f" · ETA {_fmt_eta(per * (total - done))}" if done < total else f" · done in {_fmt_eta(now)}"
+        print(line, file=self.stream or sys.__stderr__, flush=True)
 
 # %% ../nbs/06_train.ipynb #6cec3c9f
 def build_grpo_config(output_dir: str,  # checkpoints, logs, tensorboard
