@@ -16,8 +16,8 @@ from .metrics import pass_at_k
 
 # %% auto #0
 __all__ = ['MALFORMED', 'RULE_GROUPS', 'MODES', 'KNOWLEDGE_CHOICES', 'MODE_COLORS', 'answer_entropy', 'question_table',
-           'unit_table', 'mode_of', 'classify', 'select_units', 'mode_transitions', 'transition_counts', 'plot_pass',
-           'plot_mode_counts', 'plot_transitions']
+           'unit_table', 'mode_of', 'classify', 'select_units', 'mode_transitions', 'plot_pass', 'plot_mode_counts',
+           'plot_transitions']
 
 # %% ../nbs/08_pilot.ipynb #68be832b
 MALFORMED = "<malformed>"  # the bucket of completions without a parsable answer
@@ -182,16 +182,6 @@ def mode_transitions(tables: dict[str, pd.DataFrame],  # stage name -> failure-m
     out.index.name = "unit"
     return out
 
-
-def transition_counts(tables: dict[str, pd.DataFrame],  # stage name -> failure-mode table, in stage order
-                     ) -> pd.DataFrame:
-    "Rows `from_stage, to_stage, from_mode, to_mode, n` for consecutive stages (units probed in both)."
-    tr, stages, recs = mode_transitions(tables), list(tables), []
-    for a, b in zip(stages, stages[1:]):
-        pair = tr[[a, b]].dropna()
-        for (ma, mb), n in pair.groupby([a, b]).size().items():
-            recs.append({"from_stage": a, "to_stage": b, "from_mode": ma, "to_mode": mb, "n": int(n)})
-    return pd.DataFrame(recs, columns=["from_stage", "to_stage", "from_mode", "to_mode", "n"])
 
 # %% ../nbs/08_pilot.ipynb #5b7bca8f
 MODE_COLORS = {"solved": "#2a9d8f", "misapplied": "#e9a23b", "missing": "#d1495b"}  # one colour per mode, in every figure

@@ -48,6 +48,7 @@ def test_parser_accepts_layout_and_rejects_tricks():
 
 def test_parser_never_raises_on_mutations():
     rng = random.Random(0)
+    verdicts = []
     for _ in range(400):
         s = list(GOOD)
         for _ in range(rng.randint(1, 6)):
@@ -57,8 +58,10 @@ def test_parser_never_raises_on_mutations():
             elif op < 0.8: s.insert(i, rng.choice("<>/, .0123456789aZ\n"))
             else: s[i:i] = list(rng.choice(["<Answer>", "</Final answer>", "<Subquestion>", "nan", "1e9"]))
         p = parse_eagrl_answer("".join(s))
-        assert p.format_ok in (True, False)
+        verdicts.append(p.format_ok)
         if p.format_ok: assert 0 <= p.value.prob <= 1 and math.isfinite(p.value.prob)
+        else: assert p.value is None and isinstance(p.reason, str) and p.reason and p.reason != "ok", p
+    assert 0 < sum(verdicts) < len(verdicts)  # the mutations reach both verdicts: the checks above ran on each
 
 
 # ---------------------------------------------------------------------------------------------------- rewards

@@ -45,11 +45,20 @@ def test_the_grep_finds_what_it_is_meant_to(tmp_path):
 
 
 def test_every_task_is_found_by_the_registry_and_declares_its_kind():
-    from ehr_rlvr.tasks import ANSWER_KINDS, get_task, TASKS
-    for name in ("medcalc", "trials"):
+    "Every `ehr_rlvr/<package>/task.py` registers its task; each builds with its defaults and declares a consistent kind."
+    from ehr_rlvr.metrics import KIND_METRICS
+    from ehr_rlvr.tasks import ANSWER_KINDS, all_tasks, get_task
+    modules = sorted(p.parent.name for p in (ROOT / "ehr_rlvr").glob("*/task.py"))
+    tasks = all_tasks()
+    assert sorted({cls.__module__.split(".")[1] for cls in tasks.values()}) == modules  # no task module registers nothing
+    assert set(tasks) == {"medcalc", "trials", "diagnosis", "ehr_prediction", "mixture"}
+    for name, cls in tasks.items():
         t = get_task(name)
-        assert t.answer_kind in ANSWER_KINDS and t.main_metric
-    assert {"medcalc", "trials"} <= set(TASKS)
+        assert type(t) is cls and t.answer_kind in ANSWER_KINDS, name
+        assert t.main_metric in KIND_METRICS[t.answer_kind], (name, t.main_metric)
+        if t.answer_kind != "exact":  # a label task's classes; a probability task's two outcomes
+            assert len(t.labels) == (2 if t.answer_kind == "probability" else len(t.labels)) >= 2, (name, t.labels)
+        assert all(k in t.PARAMS for k in t.scoring_params), name
 
 
 def _trec_completions(path, pairs, wrong_every=3):
