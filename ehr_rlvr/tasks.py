@@ -13,7 +13,8 @@ from .io import is_encodable
 
 # %% auto #0
 __all__ = ['ROW_COLUMNS', 'SPLITS', 'ANSWER_KINDS', 'TASKS', 'check_rows', 'split_by_group', 'assert_disjoint', 'save_split_ids',
-           'load_split_ids', 'Task', 'scorable_mask', 'check_input_path', 'register_task', 'all_tasks', 'get_task']
+           'load_split_ids', 'Task', 'scorable_mask', 'check_input_path', 'register_task', 'task_names', 'all_tasks',
+           'get_task']
 
 # %% ../nbs/02_tasks.ipynb #0148d5a1
 ROW_COLUMNS = ("prompt", "ground_truth", "task", "id", "group_id", "split")
@@ -288,6 +289,21 @@ def _task_modules() -> list[str]:
     root = Path(importlib.import_module("ehr_rlvr").__file__).resolve().parent
     return sorted(f"ehr_rlvr.{p.parent.name}.task" for p in root.glob("*/task.py"))
 
+def task_names() -> dict[str, str]:
+    "`{task name: module}` of every `@register_task` class in the task modules, read from their source (nothing is imported)."
+    import ast
+    root = Path(importlib.import_module("ehr_rlvr").__file__).resolve().parent
+    out = {}
+    for m in _task_modules():
+        tree = ast.parse((root / m.split(".")[1] / "task.py").read_text(encoding="utf-8"))
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+            if not any(getattr(d, "id", None) == "register_task" for d in cls.decorator_list): continue
+            for st in cls.body:
+                if isinstance(st, ast.Assign) and any(getattr(t, "id", None) == "name" for t in st.targets) \
+                        and isinstance(st.value, ast.Constant):
+                    out[st.value.value] = m
+    return dict(sorted(out.items()))
+
 def all_tasks() -> dict[str, type[Task]]:
     "Every task of this installation, by name (imports each task package's `task` module)."
     for m in _task_modules(): importlib.import_module(m)
@@ -297,6 +313,8 @@ def get_task(name:str, # registry key
              **params, # the task's own parameters (a run config's `task_params`)
             ) -> Task:
     "Instantiate the task registered as `name`; unknown names raise a `KeyError` listing the known ones."
+    if name not in TASKS:  # import only the module that declares it (a task package alone loads in a fraction of the time)
+        if (module := task_names().get(name)) is not None: importlib.import_module(module)
     if name not in TASKS: all_tasks()
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")

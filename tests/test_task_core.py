@@ -61,6 +61,19 @@ def test_every_task_is_found_by_the_registry_and_declares_its_kind():
         assert all(k in t.PARAMS for k in t.scoring_params), name
 
 
+def test_a_task_is_imported_alone_and_the_list_needs_no_import():
+    "get_task imports only the package that declares the task; task_names reads every task's name from source."
+    import subprocess, sys
+    code = ("import sys; from ehr_rlvr.tasks import get_task, task_names; names = task_names(); get_task('trials'); "
+            "print(sorted(names)); print(sorted(m.split('.')[1] for m in sys.modules if m.startswith('ehr_rlvr.') "
+            "and m.endswith('.task')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    names, imported = out.stdout.strip().splitlines()[-2:]
+    assert names == str(["diagnosis", "ehr_prediction", "medcalc", "mixture", "trials"])
+    assert imported == str(["trials"])
+
+
 def _trec_completions(path, pairs, wrong_every=3):
     "Gold answers, except every `wrong_every`-th pair answered `Eligible`, and one malformed completion."
     from ehr_rlvr.trials.data import format_answer
