@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import select
+import shlex
 import sys
 from pathlib import Path
 
@@ -20,10 +23,34 @@ def _print_json(obj) -> None:
 
 
 def cmd_pipeline(a) -> int:
-    from ehr_rlvr.pipeline import run_pipeline
+    from ehr_rlvr.core import new_run_id
+    from ehr_rlvr.pipeline import load_run_config, run_pipeline
+    a.run_id = a.run_id or new_run_id(load_run_config(a.config)["name"])  # chosen here, so a Ctrl-C can name it
     run_pipeline(a.config, run_id=a.run_id, force=a.force, only=a.only, runs_root=a.runs_root,
                  progress_bar=not a.no_progress, rerun_changed=a.rerun_changed, seeds=a.seeds)
     return 0
+
+
+def _pipeline_interrupted(a) -> str:
+    "The line a Ctrl-C of `ehr-rlvr pipeline` prints: the stage it stopped and the exact command that resumes the run."
+    from ehr_rlvr.core import project_root
+    if not getattr(a, "run_id", None):
+        return "ehr-rlvr pipeline: interrupted before the run started; nothing was written"
+    rdir = (Path(a.runs_root) if a.runs_root else project_root() / "runs") / a.run_id
+    stage = None  # the record this process left `running`
+    for p in sorted(rdir.glob("stages/*.json")) + sorted(rdir.glob("seed-*/stages/*.json")):
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if rec.get("status") == "running" and rec.get("pid") == os.getpid():
+            stage = str(p.relative_to(rdir).parent.parent / rec["name"]).removeprefix("./")
+    cmd = ["ehr-rlvr", "pipeline", str(a.config), "--run-id", a.run_id]
+    cmd += (["--runs-root", str(a.runs_root)] if a.runs_root else []) + (["--only", a.only] if a.only else [])
+    cmd += (["--seeds", *map(str, a.seeds)] if a.seeds else []) + (["--no-progress"] if a.no_progress else [])
+    cmd += ["--rerun-changed"] if a.rerun_changed else []  # not --force: the finished stages must stay finished
+    where = (f"during stage {stage} (not marked done: it reruns)" if stage else "between stages")
+    return f"ehr-rlvr pipeline: interrupted {where}; run {a.run_id} in {rdir}. Resume with: {shlex.join(cmd)}"
 
 
 def cmd_stages(a) -> int:
@@ -189,11 +216,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stdout_closed() -> bool:
+    "Whether stdout is a pipe whose reader has gone (Linux reports POLLERR on its write end)."
+    try:
+        p = select.poll()
+        p.register(sys.stdout.fileno(), select.POLLERR)
+        return bool(p.poll(0))
+    except (AttributeError, OSError, ValueError):  # no real file descriptor (a notebook's captured output)
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `ehr-rlvr` console script."
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        rc = args.fn(args)
+        sys.stdout.flush()  # a reader that stopped early (`| head`) shows up here, not in Python's exit
+        return rc
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, exit status 130 as a shell gives
+        print(_pipeline_interrupted(args) if args.command == "pipeline" else f"ehr-rlvr {args.command}: interrupted",
+              file=sys.stderr)
+        return 130
+    except BrokenPipeError as e:
+        if _stdout_closed():  # our stdout's reader went away (`ehr-rlvr stages | head`): nothing to report
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the final flush at exit is quiet
+            return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
+        print(f"ehr-rlvr {args.command}: error: {e}", file=sys.stderr)  # another pipe broke: a real error
+        return 2
     except (FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as e:
         print(f"ehr-rlvr {args.command}: error: {e}", file=sys.stderr)
         return 2 if not isinstance(e, RuntimeError) else 1

@@ -24,9 +24,10 @@ import numpy as np
 import yaml
 
 # %% auto #0
-__all__ = ['RUN_ID_RE', 'PACKAGES', 'RESERVED_KEYS', 'project_root', 'new_run_id', 'check_run_id', 'run_dir', 'seed_everything',
-           'sha256_file', 'hash_inputs', 'package_versions', 'git_info', 'machine_info', 'free_port', 'atomic_path',
-           'write_json', 'write_manifest', 'update_manifest', 'ConfigError', 'load_config']
+__all__ = ['RUN_ID_RE', 'PACKAGES', 'RESERVED_KEYS', 'REQUIRES', 'SEED_MAX', 'project_root', 'new_run_id', 'check_run_id',
+           'run_dir', 'seed_everything', 'sha256_file', 'hash_inputs', 'package_versions', 'git_info', 'machine_info',
+           'free_port', 'atomic_path', 'write_json', 'write_manifest', 'update_manifest', 'ConfigError',
+           'DuplicateKeyError', 'yaml_load', 'check_seed', 'load_config']
 
 # %% ../nbs/00_core.ipynb #80ed60d2
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -251,6 +252,47 @@ class ConfigError(ValueError):
 
 
 RESERVED_KEYS = ("name", "seed", "seeds", "stages", "description", "requires")
+REQUIRES = ("cpu", "gpu")  # what a config may ask of the machine: `cpu` runs anywhere, `gpu` needs a visible CUDA device
+SEED_MAX = 2**32 - 1  # NumPy's (and so transformers' `set_seed`'s) largest seed
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    "A key repeated in one YAML mapping (plain `yaml.safe_load` silently keeps the last value)."
+    def __init__(self, key, line: int, first: int):
+        self.key, self.line, self.first = key, line, first
+        super().__init__(f"line {line}: key {key!r} is repeated in one mapping (first on line {first}); YAML would "
+                         "silently keep only the last value. Keep one of them.")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    "`yaml.SafeLoader` that refuses a key repeated in one mapping; everything else as `safe_load` (merge keys too)."
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden key by key: not a repeat
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(key, key_node.start_mark.line + 1, seen[key])
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+        return super().construct_mapping(node, deep)
+
+
+def yaml_load(text: str,  # YAML text
+             ):
+    "`yaml.safe_load` that raises `DuplicateKeyError` (naming the line of both) for a key repeated in one mapping."
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+def check_seed(seed, where: str) -> int:
+    "`seed` if it is an integer from 0 to `SEED_MAX`, else a `ConfigError` naming `where`."
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"{where} must be an integer from 0 to {SEED_MAX} (got {seed!r}; NumPy and torch refuse "
+                          "negative seeds)")
+    return seed
 
 
 def _stage_entry(e, path, i) -> dict:
@@ -292,7 +334,9 @@ def load_config(path: str | Path,  # YAML run recipe
     if not path.exists():
         raise ConfigError(f"Config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml_load(path.read_text()) or {}
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):
@@ -301,13 +345,17 @@ def load_config(path: str | Path,  # YAML run recipe
     stages = raw.get("stages")
     if not isinstance(stages, list) or not stages:
         raise ConfigError(f"{path}: 'stages' must be a non-empty list of stage notebooks")
-    seed = raw.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ConfigError(f"{path}: 'seed' must be an integer (got {seed!r})")
+    seed = check_seed(raw.get("seed", 0), f"{path}: 'seed'")
     seeds = raw.get("seeds")
     if seeds is not None and (not isinstance(seeds, list) or not seeds or
                               any(not isinstance(s, int) or isinstance(s, bool) for s in seeds) or len(set(seeds)) < len(seeds)):
         raise ConfigError(f"{path}: 'seeds' must be a non-empty list of distinct integers (got {seeds!r})")
+    for i, s in enumerate(seeds or []):
+        check_seed(s, f"{path}: 'seeds'[{i}]")
+    requires = raw.get("requires", "cpu")
+    if requires not in REQUIRES:
+        raise ConfigError(f"{path}: 'requires' must be one of {list(REQUIRES)} (got {requires!r}): cpu runs anywhere, "
+                          "gpu needs a visible CUDA device")
     entries = [_stage_entry(e, path, i) for i, e in enumerate(stages)]
     names = [e["name"] for e in entries]
     dup = {n for n in names if names.count(n) > 1}
@@ -322,4 +370,4 @@ def load_config(path: str | Path,  # YAML run recipe
             raise ConfigError(f"{path}: parameter {k!r} holds {bad!r}: values must be scalars, lists or mappings with "
                               "string keys (papermill parameters are literals)")
     return {"name": raw.get("name", path.stem), "seed": seed, "seeds": seeds, "stages": entries, "params": params,
-            "description": raw.get("description", ""), "requires": raw.get("requires", "cpu"), "path": str(path)}
+            "description": raw.get("description", ""), "requires": requires, "path": str(path)}

@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import datetime as _dt
+import fcntl
 import fnmatch
 import hashlib
 import importlib
@@ -17,22 +19,23 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import nbformat
 import papermill as pm
 from papermill.exceptions import PapermillExecutionError
 
-from .core import (ConfigError, atomic_path, check_run_id, free_port, load_config, new_run_id, project_root,
-                           sha256_file, update_manifest, write_manifest)
+from .core import (ConfigError, atomic_path, check_run_id, check_seed, free_port, load_config, new_run_id,
+                           project_root, sha256_file, update_manifest, write_manifest, yaml_load)
 
 # %% auto #0
-__all__ = ['RUNNER_PARAMS', 'LOG_PATTERNS', 'LAUNCHER_KEYS', 'CROSS_SEED_STAGE', 'StageError', 'pipeline_dir', 'stage_parameters',
-           'check_param_type', 'resolve_stages', 'code_digest', 'snapshot', 'output_hashes', 'stage_identity',
-           'param_changes', 'why_rerun', 'read_record', 'write_record', 'discard_outputs', 'config_diff',
-           'orphan_kernels', 'check_launcher', 'load_run_config', 'notebook_script', 'launch_command', 'run_stages',
-           'run_pipeline', 'run_seeds']
+__all__ = ['RUNNER_PARAMS', 'OUTPUT_NAME_RE', 'LOG_PATTERNS', 'LAUNCHER_KEYS', 'CROSS_SEED_STAGE', 'StageError', 'pipeline_dir',
+           'stage_parameters', 'check_param_type', 'check_output_name', 'resolve_stages', 'code_digest', 'snapshot',
+           'output_hashes', 'stage_identity', 'param_changes', 'why_rerun', 'read_record', 'write_record',
+           'check_outputs', 'discard_outputs', 'config_diff', 'orphan_kernels', 'run_lock', 'check_launcher',
+           'load_run_config', 'notebook_script', 'launch_command', 'run_stages', 'run_pipeline', 'run_seeds']
 
 # %% ../nbs/10_pipeline.ipynb #3616646d
 class StageError(RuntimeError):
@@ -40,6 +43,8 @@ class StageError(RuntimeError):
 
 
 RUNNER_PARAMS = ("run_dir", "seed", "stage_identity")
+OUTPUT_NAME_RE = re.compile(r"(^|_)out(put)?(_|$)")  # parameters naming where a stage writes (`out_name`, `output_dir`)
+_NOTEBOOK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a notebook's name in the stage folder: no folder, no '..'
 
 
 def pipeline_dir(root: str | Path | None = None) -> Path:
@@ -74,6 +79,20 @@ def check_param_type(name: str,  # parameter name
                           f"declared as `{name}: {typ} = {declared.get('default')}`  # {declared.get('help', '')}")
 
 
+def check_output_name(name: str,  # parameter name (`out_name`, ...)
+                      value,  # value from the config
+                      where: str,  # config file and stage, for the message
+                     ) -> None:
+    "Raise `ConfigError` unless a string `value` is a relative path that stays inside the run folder (no '..', not absolute)."
+    if not isinstance(value, str):
+        return  # its type is `check_param_type`'s business
+    p = PurePosixPath(value)
+    if not p.parts or p.is_absolute() or ".." in p.parts:
+        raise ConfigError(f"{where}: parameter {name!r} is {value!r}, but it names where the stage writes, which must be "
+                          "inside the run folder: a relative name without '..' (e.g. 'sft_rlvr'). Stage outputs never "
+                          "leave runs/<run_id>/; copy them elsewhere after the run.")
+
+
 def _literal(src: str):
     "A declared default (papermill gives its source text) as a value; `_NOT_LITERAL` when it is an expression."
     try:
@@ -91,7 +110,20 @@ def resolve_stages(cfg: dict,  # from `load_config`
                   ) -> list[dict]:
     "Each stage with its notebook path and every parameter's value (config, else the declared default); refuses undeclared or mistyped ones."
     declared_any, out, src = set(), [], cfg.get("path", "config")
+    for k in ("run_dir", "stage_identity"):
+        if k in cfg["params"]:
+            raise ConfigError(f"{src}: {k!r} is set by the runner (the run folder is runs/<run_id>/, chosen by --run-id and "
+                              f"--runs-root); remove it from the config")
     for st in cfg["stages"]:
+        where = f"{src}: stage {st['name']!r}"
+        if not isinstance(st["notebook"], str) or not _NOTEBOOK_RE.match(st["notebook"]) or ".." in st["notebook"]:
+            raise ConfigError(f"{where}: notebook {st['notebook']!r} must be the name of a stage notebook in {nbs} "
+                              f"(e.g. 40_rlvr): no folder, no '..', no absolute path")
+        for k in ("run_dir", "stage_identity"):
+            if k in st["params"]:
+                raise ConfigError(f"{where}: params.{k} is set by the runner; remove it from the stage's params")
+        if "seed" in st["params"]:
+            check_seed(st["params"]["seed"], f"{where}: params.seed")
         nb = Path(nbs) / f"{st['notebook']}.ipynb"
         declared = stage_parameters(nb)
         declared_any |= set(declared)
@@ -106,7 +138,9 @@ def resolve_stages(cfg: dict,  # from `load_config`
         params.update(st["params"])
         for k, v in params.items():
             if k not in RUNNER_PARAMS:
-                check_param_type(k, v, declared[k], f"{src}: stage {st['name']!r}")
+                check_param_type(k, v, declared[k], where)
+                if OUTPUT_NAME_RE.search(k):
+                    check_output_name(k, v, where)
         if "task_params" in params and params.get("task"):  # the task checks its own parameters before anything runs
             from .tasks import get_task
             try:
@@ -278,6 +312,26 @@ def write_record(rdir: Path, rec: dict) -> None:
         tmp.write_text(json.dumps(rec, indent=1, default=str))
 
 
+def check_outputs(rdir: Path,  # the run directory
+                  rec: dict,  # a done stage's record
+                 ) -> tuple[str, dict[str, list[int]]]:
+    "Why a done stage's recorded outputs are no longer what it wrote ('' when they all are), and their `[size, mtime_ns]` now."
+    rdir, known, stats, bad = Path(rdir), rec.get("files", {}), {}, []
+    for rel, digest in rec.get("outputs", {}).items():
+        p = rdir / rel
+        if not p.is_file():
+            bad.append(f"{rel} is missing")
+            continue
+        st = p.stat()
+        stats[rel] = [st.st_size, st.st_mtime_ns]
+        if digest is not None and known.get(rel) != stats[rel] and sha256_file(p) != digest:  # re-hash only what may differ
+            bad.append(f"{rel} was changed after it ran")
+    if not bad:
+        return "", stats
+    more = f" (and {len(bad) - 1} more output file(s) missing or changed)" if len(bad) > 1 else ""
+    return f"done earlier, but its output {bad[0]}{more}", stats
+
+
 def discard_outputs(rdir: Path,  # the run directory
                     rec: dict,  # the stage's record
                     keep: set[str] = frozenset(),  # files owned by earlier stages, never deleted
@@ -347,6 +401,73 @@ def orphan_kernels(runner_pid: int) -> list[int]:
     return [p for p in out if p != os.getpid()]
 
 
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+_HELD = threading.local()  # this thread's run-folder locks: lock file -> [fd, depth, since] (one runner nests them)
+
+
+def _lock_file(rdir: Path) -> Path:
+    return Path(rdir) / "stages" / "runner.lock"
+
+
+def _lock_holder(path: Path) -> dict:
+    "What the runner holding a run folder wrote into its lock file (retried: it may be writing it right now)."
+    for _ in range(20):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    return {}
+
+
+def _lock_note(rdir: Path, stage: str | None) -> None:
+    "Write into a held run folder's lock file which process holds it and which stage it runs now."
+    held = getattr(_HELD, "files", {}).get(str(_lock_file(rdir).resolve()))
+    if held is None:
+        return
+    fd, depth, since = held
+    text = json.dumps({"pid": os.getpid(), "since": since, "stage": stage, "stage_started": _now() if stage else None})
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, text.encode(), 0)
+
+
+@contextlib.contextmanager
+def run_lock(rdir: Path,  # the run folder
+            ):
+    "Hold a run folder for this runner (an `flock` on `stages/runner.lock`, released when the process ends however it ends); a second runner gets a `ConfigError` naming the holder's process and stage."
+    path = _lock_file(rdir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key, files = str(path.resolve()), _HELD.__dict__.setdefault("files", {})
+    if key in files:  # this runner holds it already (a stage list run inside a run)
+        files[key][1] += 1
+        try:
+            yield path
+        finally:
+            files[key][1] -= 1
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by stage kernels (O_CLOEXEC is Python's default)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        h = _lock_holder(path)
+        now = (f"running stage {h['stage']!r} since {h.get('stage_started')}" if h.get("stage")
+               else f"since {h.get('since')}, between stages")
+        raise ConfigError(f"run folder {rdir} is in use by another runner, process {h.get('pid', '(unknown)')} ({now}); "
+                          f"two runners in one folder would overwrite each other's outputs. Wait for it to finish, or stop "
+                          f"process {h.get('pid', '(unknown)')} first; rerunning the same command then resumes.") from None
+    files[key] = [fd, 1, _now()]
+    try:
+        _lock_note(rdir, None)
+        yield path
+    finally:
+        del files[key]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def _claim(rdir: Path, rec: dict | None, name: str, log, grace: float = 10.0) -> None:
     "Refuse a stage another live runner is running; wait out (then kill) the kernels of one that was killed."
     pid = (rec or {}).get("pid")
@@ -400,8 +521,8 @@ def load_run_config(path: str | Path,  # YAML run recipe
     import yaml
     root = project_root(root)
     try:
-        raw = yaml.safe_load(Path(path).read_text()) if Path(path).exists() else None
-    except yaml.YAMLError:
+        raw = yaml_load(Path(path).read_text()) if Path(path).exists() else None
+    except yaml.YAMLError:  # DuplicateKeyError too
         raw = None  # load_config reports it
     stages = (overrides or {}).get("stages", raw.get("stages") if isinstance(raw, dict) else None)
     if not isinstance(stages, list):
@@ -499,11 +620,32 @@ def _cpu_children() -> tuple[float, float]:
     return r.ru_utime, r.ru_stime
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+@contextlib.contextmanager
+def _ctrl_c_stops_kernels():
+    "While a stage runs, Ctrl-C first kills its kernel (or launched processes), which would otherwise print a traceback of their own as they are shut down mid-cell, then raises `KeyboardInterrupt` as usual."
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield  # a caller with its own Ctrl-C handling keeps it
+        return
+    def stop(signum, frame):
+        for k in orphan_kernels(os.getpid()):  # this runner's kernels: their environment names it as JPY_PARENT_PID
+            try:
+                os.kill(k, signal.SIGKILL)
+            except OSError:
+                pass
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _execute(st: dict, out_nb: Path, root: Path, progress_bar: bool) -> None:
+    with _ctrl_c_stops_kernels():
+        return _execute_stage(st, out_nb, root, progress_bar)
+
+
+def _execute_stage(st: dict, out_nb: Path, root: Path, progress_bar: bool) -> None:
     if st.get("launcher"):
         return _execute_launched(st, out_nb, root, out_nb.parent)
     try:
@@ -529,62 +671,73 @@ def run_stages(rdir: Path,  # the run directory (exists)
     names, up, owned = [s["name"] for s in stages], dict(upstream or {}), set()
     entries = [] if entries is None else entries
     t_run = time.time()
-    for i, st in enumerate(stages):
-        head = f"[{i + 1}/{len(stages)}] {st['name']}"
-        rec = read_record(rdir, st["name"])
-        ident = stage_identity(st, dict(up), root)
-        current = rec is not None and rec.get("status") == "done" and rec.get("identity") == ident["identity"]
-        entry = {"name": st["name"], "identity": ident["identity"]}
-        selected = only is None or st["name"] == only
-        if not selected and names.index(st["name"]) > names.index(only):
-            entries.append(entry | {"action": "not selected (--only)"})
-            continue
-        if not selected and not current:
-            raise ConfigError(f"--only {only}: the earlier stage {st['name']!r} is not done for this config "
-                              f"({why_rerun(rec, ident) or rec.get('status')}); run the pipeline without --only first")
-        if current and not (force and selected):
-            log(f"{head}: done earlier with the same inputs, skipped")
+    with run_lock(rdir):  # one runner per run folder: a second one is refused, naming this process and its stage
+        for i, st in enumerate(stages):
+            head = f"[{i + 1}/{len(stages)}] {st['name']}"
+            rec = read_record(rdir, st["name"])
+            ident = stage_identity(st, dict(up), root)
+            current = rec is not None and rec.get("status") == "done" and rec.get("identity") == ident["identity"]
+            entry = {"name": st["name"], "identity": ident["identity"]}
+            selected = only is None or st["name"] == only
+            if not selected and names.index(st["name"]) > names.index(only):
+                entries.append(entry | {"action": "not selected (--only)"})
+                continue
+            gone_why, stats = "", {}
+            if current and not (force and selected):  # a record is not enough: its output files must still be what it wrote
+                gone_why, stats = check_outputs(rdir, rec)
+                current = not gone_why
+            if not selected and not current:
+                raise ConfigError(f"--only {only}: the earlier stage {st['name']!r} is not done for this config "
+                                  f"({gone_why or why_rerun(rec, ident) or rec.get('status')}); run the pipeline without --only first")
+            if current and not (force and selected):
+                if stats != rec.get("files"):  # a record from before sizes were kept, or a file touched but unchanged
+                    write_record(rdir, rec := rec | {"files": stats})
+                log(f"{head}: done earlier with the same inputs, skipped")
+                up[st["name"]] = _outputs_digest(rec)
+                owned |= set(rec.get("outputs", {}))
+                entries.append(entry | {"action": "skipped", "why": "done earlier with the same identity",
+                                        "elapsed_s": rec.get("elapsed_s")})
+                continue
+            _claim(rdir, rec, st["name"], log)
+            _lock_note(rdir, st["name"])
+            resume = rec is not None and not current and not gone_why and rec.get("identity") == ident["identity"]
+            why = "forced (--force)" if current else gone_why or why_rerun(rec, ident) + ("; --force: from scratch" if resume and force else "")
+            resume = resume and not force
+            if rec is not None and not resume:
+                discard_outputs(rdir, rec, keep=owned)
+            for later in stages[i + 1:]:  # every stage after one that reruns is stale
+                if (r := read_record(rdir, later["name"])) is not None and r.get("status") != "stale":
+                    gone = discard_outputs(rdir, r, keep=owned)
+                    write_record(rdir, {k: v for k, v in r.items() if k not in ("outputs", "files", "pre")} | {
+                        "status": "stale", "stale_because": st["name"]})
+                    log(f"{head}: discarded {len(gone)} output file(s) of {later['name']}, which runs after it")
+            pre = snapshot(rdir)
+            started = _now()
+            write_record(rdir, {"name": st["name"], "status": "running", **ident, "why": why, "started": started,
+                                "pid": os.getpid(), "pre": sorted(pre)})
+            log(f"{head}: running {st['path'].name} ({why}) ...")
+            t0, (u0, s0) = time.time(), _cpu_children()
+            params = st["params"] | ({"stage_identity": ident["identity"]} if "stage_identity" in st.get("declared", ()) else {})
+            try:
+                _execute({**st, "params": params}, rdir / f"{st['name']}.ipynb", root, progress_bar)
+            except BaseException as e:  # failed or interrupted: never marked done
+                write_record(rdir, (read_record(rdir, st["name"]) or {"name": st["name"]}) | {
+                    "status": "failed" if isinstance(e, StageError) else "running", "error": str(e)[:2000], "ended": _now()})
+                entries.append(entry | {"action": "failed" if isinstance(e, StageError) else "interrupted", "why": why})
+                raise
+            (u1, s1), el = _cpu_children(), time.time() - t0
+            after = snapshot(rdir)
+            outputs = output_hashes(rdir, pre, after)
+            rec = {"name": st["name"], "status": "done", **ident, "why": why, "started": started, "finished": _now(),
+                   "elapsed_s": round(el, 2), "cpu_user_s": round(u1 - u0, 2), "cpu_sys_s": round(s1 - s0, 2),
+                   "outputs": outputs, "files": {rel: after[rel] for rel in outputs}}
+            write_record(rdir, rec)
+            _lock_note(rdir, None)
             up[st["name"]] = _outputs_digest(rec)
-            owned |= set(rec.get("outputs", {}))
-            entries.append(entry | {"action": "skipped", "why": "done earlier with the same identity",
-                                    "elapsed_s": rec.get("elapsed_s")})
-            continue
-        _claim(rdir, rec, st["name"], log)
-        resume = rec is not None and not current and rec.get("identity") == ident["identity"]
-        why = "forced (--force)" if current else why_rerun(rec, ident) + ("; --force: from scratch" if resume and force else "")
-        resume = resume and not force
-        if rec is not None and not resume:
-            discard_outputs(rdir, rec, keep=owned)
-        for later in stages[i + 1:]:  # every stage after one that reruns is stale
-            if (r := read_record(rdir, later["name"])) is not None and r.get("status") != "stale":
-                gone = discard_outputs(rdir, r, keep=owned)
-                write_record(rdir, {k: v for k, v in r.items() if k not in ("outputs", "pre")} | {
-                    "status": "stale", "stale_because": st["name"]})
-                log(f"{head}: discarded {len(gone)} output file(s) of {later['name']}, which runs after it")
-        pre = snapshot(rdir)
-        started = _now()
-        write_record(rdir, {"name": st["name"], "status": "running", **ident, "why": why, "started": started,
-                            "pid": os.getpid(), "pre": sorted(pre)})
-        log(f"{head}: running {st['path'].name} ({why}) ...")
-        t0, (u0, s0) = time.time(), _cpu_children()
-        params = st["params"] | ({"stage_identity": ident["identity"]} if "stage_identity" in st.get("declared", ()) else {})
-        try:
-            _execute({**st, "params": params}, rdir / f"{st['name']}.ipynb", root, progress_bar)
-        except BaseException as e:  # failed or interrupted: never marked done
-            write_record(rdir, (read_record(rdir, st["name"]) or {"name": st["name"]}) | {
-                "status": "failed" if isinstance(e, StageError) else "running", "error": str(e)[:2000], "ended": _now()})
-            entries.append(entry | {"action": "failed" if isinstance(e, StageError) else "interrupted", "why": why})
-            raise
-        (u1, s1), el = _cpu_children(), time.time() - t0
-        rec = {"name": st["name"], "status": "done", **ident, "why": why, "started": started, "finished": _now(),
-               "elapsed_s": round(el, 2), "cpu_user_s": round(u1 - u0, 2), "cpu_sys_s": round(s1 - s0, 2),
-               "outputs": output_hashes(rdir, pre, snapshot(rdir))}
-        write_record(rdir, rec)
-        up[st["name"]] = _outputs_digest(rec)
-        owned |= set(rec["outputs"])
-        entries.append(entry | {"action": "ran", "why": why} | {k: rec[k] for k in ("elapsed_s", "cpu_user_s", "cpu_sys_s")})
-        log(f"{head}: done in {_fmt_s(el)} (CPU user {_fmt_s(u1 - u0)}, system {_fmt_s(s1 - s0)}; "
-            f"run elapsed {_fmt_s(time.time() - t_run)})")
+            owned |= set(rec["outputs"])
+            entries.append(entry | {"action": "ran", "why": why} | {k: rec[k] for k in ("elapsed_s", "cpu_user_s", "cpu_sys_s")})
+            log(f"{head}: done in {_fmt_s(el)} (CPU user {_fmt_s(u1 - u0)}, system {_fmt_s(s1 - s0)}; "
+                f"run elapsed {_fmt_s(time.time() - t_run)})")
     return entries
 
 
@@ -629,19 +782,20 @@ def run_pipeline(config: str | Path,  # YAML run recipe
                           + "\n  ".join(diff) + "\nUse a new --run-id, or --rerun-changed to rerun what changed and "
                           "every stage after it.")
     rdir.mkdir(parents=True, exist_ok=True)  # only now: a refused config leaves no folder behind
-    for gone in [s["name"] for s in old or [] if s["name"] not in names]:
-        if (r := read_record(rdir, gone)) is not None:
-            log(f"stage {gone} is no longer in the config: discarded {len(discard_outputs(rdir, r))} output file(s)")
-    inputs = sorted({p for s in stages for p in _data_inputs(s["params"], root)})
-    write_manifest(rdir, {k: v for k, v in cfg.items() if k != "path"} | {"config_file": str(config)}, seed=cfg["seed"],
-                   inputs=inputs, repo=root, extra={"stages": plan, "invocation": {
-                       "force": force, "only": only, "rerun_changed": rerun_changed, "config_changes": diff}})
-    log(f"run {run_id} -> {rdir}  ({len(stages)} stages)")
-    t_run, entries = time.time(), []
-    try:
-        run_stages(rdir, stages, root, force=force, only=only, log=log, progress_bar=progress_bar, entries=entries)
-    finally:
-        update_manifest(rdir, stage_log=entries)
+    with run_lock(rdir):  # before anything in it changes: a second runner is refused with nothing touched
+        for gone in [s["name"] for s in old or [] if s["name"] not in names]:
+            if (r := read_record(rdir, gone)) is not None:
+                log(f"stage {gone} is no longer in the config: discarded {len(discard_outputs(rdir, r))} output file(s)")
+        inputs = sorted({p for s in stages for p in _data_inputs(s["params"], root)})
+        write_manifest(rdir, {k: v for k, v in cfg.items() if k != "path"} | {"config_file": str(config)}, seed=cfg["seed"],
+                       inputs=inputs, repo=root, extra={"stages": plan, "invocation": {
+                           "force": force, "only": only, "rerun_changed": rerun_changed, "config_changes": diff}})
+        log(f"run {run_id} -> {rdir}  ({len(stages)} stages)")
+        t_run, entries = time.time(), []
+        try:
+            run_stages(rdir, stages, root, force=force, only=only, log=log, progress_bar=progress_bar, entries=entries)
+        finally:
+            update_manifest(rdir, stage_log=entries)
     log(f"run {run_id} finished in {_fmt_s(time.time() - t_run)}: {rdir}")
     return rdir
 
@@ -672,6 +826,8 @@ def run_seeds(config: str | Path,  # YAML run recipe
     cfg = load_run_config(config, root=root)
     if not seeds or len(set(seeds)) < len(seeds) or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds):
         raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {seeds!r}")
+    for s in seeds:
+        check_seed(s, f"{config}: each of the seeds")
     run_id = check_run_id(run_id or new_run_id(cfg["name"]))
     top, nbs = Path(runs_root or root / "runs") / run_id, Path(nbs or pipeline_dir(root))
     if (top / "manifest.json").exists() and "seeds" not in json.loads((top / "manifest.json").read_text()):
@@ -688,20 +844,22 @@ def run_seeds(config: str | Path,  # YAML run recipe
                 check_param_type(k, v, declared[k], f"{cfg['path']}: stage {report!r}")
         rep = {"name": report, "notebook": report, "path": nbs / f"{report}.ipynb", "params": params, "declared": sorted(declared)}
     top.mkdir(parents=True, exist_ok=True)
-    write_manifest(top, {k: v for k, v in cfg.items() if k != "path"} | {"config_file": str(config), "seeds": list(seeds)},
-                   repo=root, extra={"seeds": list(seeds), "seed_runs": [f"seed-{s}" for s in seeds]})
-    t0 = time.time()
-    for k, s in enumerate(seeds, 1):
-        log(f"== seed {s} ({k}/{len(seeds)}) ==")
-        run_pipeline(config, run_id=f"seed-{s}", force=force, only=only, runs_root=top, nbs=nbs, log=log,
-                     progress_bar=progress_bar, rerun_changed=rerun_changed, seed=s)
-    if rep is not None and only is None:
-        log(f"== cross-seed report over seeds {list(seeds)} ==")
-        entries = []
-        try:
-            run_stages(top, [rep], root, force=force, log=log, progress_bar=progress_bar, entries=entries,
-                       upstream={f"seed-{s}": _run_digest(top / f"seed-{s}") for s in seeds})
-        finally:
-            update_manifest(top, stage_log=entries)
+    with run_lock(top):  # the seed runs inside hold their own folders
+        write_manifest(top, {k: v for k, v in cfg.items() if k != "path"} | {"config_file": str(config), "seeds": list(seeds)},
+                       repo=root, extra={"seeds": list(seeds), "seed_runs": [f"seed-{s}" for s in seeds]})
+        t0 = time.time()
+        for k, s in enumerate(seeds, 1):
+            log(f"== seed {s} ({k}/{len(seeds)}) ==")
+            _lock_note(top, f"seed-{s}")
+            run_pipeline(config, run_id=f"seed-{s}", force=force, only=only, runs_root=top, nbs=nbs, log=log,
+                         progress_bar=progress_bar, rerun_changed=rerun_changed, seed=s)
+        if rep is not None and only is None:
+            log(f"== cross-seed report over seeds {list(seeds)} ==")
+            entries = []
+            try:
+                run_stages(top, [rep], root, force=force, log=log, progress_bar=progress_bar, entries=entries,
+                           upstream={f"seed-{s}": _run_digest(top / f"seed-{s}") for s in seeds})
+            finally:
+                update_manifest(top, stage_log=entries)
     log(f"run {run_id} ({len(seeds)} seeds) finished in {_fmt_s(time.time() - t0)}: {top}")
     return top

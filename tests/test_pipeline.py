@@ -29,13 +29,15 @@ def test_runner_refuses_a_stage_parameter_the_notebook_lacks(tmp_path):
 
 def test_failing_stage_is_reported_with_cell_and_notebook(tmp_path):
     cfg = tmp_path / "fail.yaml"
-    cfg.write_text("name: fail\nstages: [10_data]\ntask: medcalc\ntask_params: {source: /no/such/medcalc.csv}\n")
+    bad = tmp_path / "not_medcalc.csv"  # exists (the config check passes), but is not a MedCalc CSV: the stage fails
+    bad.write_text("a,b\n1,2\n")
+    cfg.write_text(f"name: fail\nstages: [10_data]\ntask: medcalc\ntask_params: {{source: {bad}}}\n")
     p = run_cli("pipeline", cfg, "--run-id", "f1", "--runs-root", tmp_path / "runs", "--no-progress")
     assert p.returncode != 0
     assert "Stage '10_data' failed in cell" in p.stderr
     executed = tmp_path / "runs" / "f1" / "10_data.ipynb"
     assert str(executed) in p.stderr and executed.exists()
-    assert "/no/such/medcalc.csv" in p.stderr
+    assert str(bad) in p.stderr
 
 
 def test_smoke_run_writes_manifest_notebooks_and_results(smoke_run):
