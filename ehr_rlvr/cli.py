@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['cmd_pipeline', 'cmd_stages', 'cmd_tasks', 'cmd_audit', 'cmd_evaluate_completions', 'cmd_evaluate',
-           'cmd_diagnosis_labels', 'cmd_experts_train', 'build_parser', 'main']
+__all__ = ['EVALUATE_COMPLETIONS_EPILOG', 'cmd_pipeline', 'cmd_stages', 'cmd_tasks', 'cmd_audit', 'cmd_evaluate_completions',
+           'cmd_evaluate', 'cmd_diagnosis_labels', 'cmd_experts_train', 'build_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #4a423d21
 def _print_json(obj) -> None:
@@ -75,7 +75,7 @@ def cmd_tasks(a) -> int:
 
 def cmd_audit(a) -> int:
     from ehr_rlvr.medcalc.audit import audit_csv
-    _print_json(audit_csv(a.csv, out=a.out, relabel_csv=a.relabel, convention=a.convention))
+    _print_json(audit_csv(a.csv, out=a.out, relabel_csv=a.relabel, convention=a.convention, encoding=a.encoding))
     return 0
 
 
@@ -96,7 +96,7 @@ def cmd_evaluate_completions(a) -> int:
     params = {k: v for k, v in (("gold", a.gold), ("relabel_csv", a.relabel_csv)) if v}
     params |= _task_params(a.task_param)
     _print_json(evaluate_completions(a.task, a.data, a.completions, out=a.out, predictions=a.predictions, prepend=a.prepend,
-                                     protocol=a.protocol, task_params=params))
+                                     protocol=a.protocol, task_params=params, encoding=a.encoding))
     return 0
 
 
@@ -110,15 +110,11 @@ def cmd_evaluate(a) -> int:
 
 def cmd_diagnosis_labels(a) -> int:
     "Label a MEDS path for one task; write `subject_id,prediction_time,label` and print the counts."
-    from ehr_rlvr.core import atomic_path
-    from ehr_rlvr.diagnosis.labels import label_task
+    from ehr_rlvr.diagnosis.labels import label_task, write_labels
     from ehr_rlvr.diagnosis.meds import read_meds
     labels, summary = label_task(read_meds(a.meds), a.task, codes=a.codes, discharge_prefix=a.discharge_prefix,
                                  admission_prefix=a.admission_prefix)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        labels.to_csv(tmp, index=False)
+    out = write_labels(labels, a.out, a.meds)  # atomic; refuses to write over the MEDS input
     _print_json({"task": a.task, "out": str(out), **summary})
     return 0
 
@@ -126,10 +122,26 @@ def cmd_diagnosis_labels(a) -> int:
 def cmd_experts_train(a) -> int:
     from ehr_rlvr.experts import train_expert
     from ehr_rlvr.saliency import export_saliency
-    res = train_expert(a.dataset, a.task, a.model, a.data, seed=a.seed, out_dir=a.out)
+    if a.encoding and a.dataset != "tjh":
+        raise ValueError(f"--encoding applies to the TJH CSV; the {a.dataset} tables are read as published (UTF-8, gzip)")
+    res = train_expert(a.dataset, a.task, a.model, a.data, seed=a.seed, out_dir=a.out,
+                       **({"encoding": a.encoding} if a.encoding else {}))
     res["paths"]["saliency"] = str(export_saliency(res["out_dir"], data=a.data))
     _print_json(res)
     return 0
+
+# %% ../nbs/11_cli.ipynb #e9a1c0de
+EVALUATE_COMPLETIONS_EPILOG = """\
+what each task reads (--data) and how its completions are keyed (the JSONL "row"):
+  medcalc         a MedCalc-Bench CSV (test_data.csv or a subset); row = its Row Number
+  trials          a TREC Clinical Trials year folder (qrels/, queries, trial texts: ../shared/data/trec_ct/trec_2021);
+                  row = "<query id>:<NCT id>"
+  diagnosis       a MEDS parquet file or folder of shards; row = "<subject_id>:<prediction time>";
+                  needs --task-param label_task=... (new_hypertension | new_hyperlipidemia | new_pancan |
+                  new_acutemi | readmission_30d): it decides what is scored
+  ehr_prediction  a TJH or MIMIC-IV folder; needs --task-param source=tjh | mimic-iv (and outcome=...)
+  (mixture trains on several tasks at once: score each of its tasks on its own data file)
+a row of --data without a completion counts as malformed (wrong, no answer, or the worst rank), never left out."""
 
 # %% ../nbs/11_cli.ipynb #13fd23da
 def build_parser() -> argparse.ArgumentParser:
@@ -165,12 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--convention", default="medcalc_v1", choices=["medcalc_v1", "clinical"],
                    help="medcalc_v1 reproduces the benchmark's reference code (default); clinical follows the published definitions")
     q.add_argument("--relabel", help="optional relabelled CSV (e.g. the 2025 audit) to compare the clinical answers with")
+    q.add_argument("--encoding", default="utf-8", help="text encoding of the CSV, e.g. latin-1")
     q.set_defaults(fn=cmd_audit)
 
-    q = sub.add_parser("evaluate-completions", help="score a model's completions (e.g. from an API) against a task's data")
-    q.add_argument("--task", required=True, help="task name, e.g. medcalc")
-    q.add_argument("--data", required=True, help="the task's data file (MedCalc: CSV)")
-    q.add_argument("--completions", required=True, help='JSONL lines {"row": <Row Number>, "completion": "<text>"}')
+    q = sub.add_parser("evaluate-completions", help="score a model's completions (e.g. from an API) against a task's data",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EVALUATE_COMPLETIONS_EPILOG)
+    q.add_argument("--task", required=True, help="task name: medcalc | trials | diagnosis | ehr_prediction (`ehr-rlvr tasks`)")
+    q.add_argument("--data", required=True, help="the task's data file or folder (per task: see below)")
+    q.add_argument("--completions", required=True, help='JSONL lines {"row": <row key>, "completion": "<text>"} (row keys: see below)')
+    q.add_argument("--encoding", default="utf-8", help="text encoding of the data and completions files, e.g. latin-1")
     q.add_argument("--out", help="write the metrics JSON here too")
     q.add_argument("--predictions", help="write per-row verdicts as JSONL")
     q.add_argument("--prepend", default="", help="text the prompt prefilled, e.g. '<think>' for EHRMIND's own prompts")
@@ -212,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data", required=True, help="dataset folder (e.g. ../shared/data/tjh)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", help="output folder (default runs/experts/<dataset>_<task>_<model>_seed<seed>)")
+    q.add_argument("--encoding", default=None, help="text encoding of the TJH CSV, e.g. latin-1 (default utf-8)")
     q.set_defaults(fn=cmd_experts_train)
     return p
 

@@ -293,7 +293,7 @@ def train_expert(
     t0 = time.time()
     dataset = "mimic-iv" if dataset in ("mimic", "mimic_iv") else dataset
     split_seed, n_boot = hparams.pop("split_seed", 0), hparams.pop("n_boot", 1000)
-    cohort_kw = {k: hparams.pop(k) for k in ("obs_hours", "bin_hours") if k in hparams}
+    cohort_kw = {k: hparams.pop(k) for k in ("obs_hours", "bin_hours", "encoding") if k in hparams}
     cohort = load_cohort(dataset, task, data, **cohort_kw)
     if model not in MODELS: raise ValueError(f"unknown expert model {model!r}: use one of {sorted(MODELS)}")
     fracs = tuple(hparams.pop("fracs", DEFAULT_FRACS.get(dataset, (0.7, 0.1, 0.2))))

@@ -40,7 +40,8 @@ def _decode_error(path, encoding:str, err:UnicodeDecodeError, line:int, offset:i
     "The `InputFileError` for a decoding failure at `line` / `offset`."
     bad = err.object[err.start:err.start + 1]
     where = f"line {line}, byte offset {offset}" + (" of the decompressed data" if gz else "")
-    hint = ("if the file is Latin-1 (ISO-8859-1) or Windows-1252, pass encoding='latin-1' (or 'cp1252'), "
+    hint = ("if the file is Latin-1 (ISO-8859-1) or Windows-1252, pass encoding='latin-1' (or 'cp1252'; on the command line "
+            "--encoding latin-1), "
             "or convert it to UTF-8 (iconv -f latin1 -t utf-8)") if _codec(encoding) == "utf-8" else \
            "pass the file's real encoding, or convert it to UTF-8"
     return InputFileError(f"{path}: not valid {encoding} text at {where} (byte 0x{bad.hex() or '??'}): {hint}")

@@ -144,7 +144,8 @@ def resolve_stages(cfg: dict,  # from `load_config`
         if "task_params" in params and params.get("task"):  # the task checks its own parameters before anything runs
             from .tasks import get_task
             try:
-                get_task(params["task"], **params["task_params"])
+                with contextlib.chdir(project_root()):  # relative input paths start where the stage kernels run
+                    get_task(params["task"], **params["task_params"])
             except (KeyError, TypeError, ValueError) as e:
                 raise ConfigError(f"{src}: stage {st['name']!r}: {e.args[0] if e.args else e}") from None
         out.append({**st, "path": nb, "params": params, "declared": sorted(declared)})

@@ -159,7 +159,8 @@ class Task:
         raise NotImplementedError
     def load_rows(self, data, **params) -> "datasets.Dataset":
         "Rows of one data file or folder (all rows, no split), for scoring external completions."
-        raise NotImplementedError
+        raise NotImplementedError(f"task {self.name!r} has no reader for one data file ({type(self).__name__}.load_rows): "
+                                  "it cannot score a completions file")
     def pretrain_rows(self, seed:int, style:str) -> "datasets.Dataset":
         "Rows whose gold completions teach a from-scratch base model (the embedded default's 15_pretrain)."
         raise NotImplementedError(f"task {self.name!r} has no pretraining corpus: use a pretrained model (model_id)")

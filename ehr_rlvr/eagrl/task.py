@@ -261,9 +261,7 @@ class EHRPredictionTask(Task):
         "Known source, outcome, targets and guidance; ranges; dataset, saliency and cross-dataset paths that must exist."
         if p["source"] not in ("synthetic", "tjh", "mimic-iv"):
             raise ValueError(f"task_params.source must be synthetic | tjh | mimic-iv, got {p['source']!r}")
-        if p["source"] != "synthetic":
-            if not p["data"]: raise ValueError(f"task_params.data must give the {p['source']} dataset path (source: {p['source']})")
-            check_input_path(self.name, "data", p["data"])
+        check_input_path(self.name, "data", p["data"])  # given or not: building splits needs it, scoring a file does not
         for j, s in enumerate(p["saliency"] if isinstance(p["saliency"], list) else [p["saliency"]]):
             check_input_path(self.name, f"saliency[{j}]" if isinstance(p["saliency"], list) else "saliency", s)
         if p["outcome"] not in QUESTIONS: raise ValueError(f"task_params.outcome must be one of {list(QUESTIONS)}, got {p['outcome']!r}")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 from ..core import atomic_path
 from ..rewards import Parsed, get_reward
-from ..tasks import Task, check_rows, get_task, register_task, all_tasks
+from ..tasks import Task, all_tasks, check_rows, get_task, register_task, task_names
 
 # %% auto #0
 __all__ = ['encode_row', 'decode_gt', 'decode_row', 'routed_reward', 'MixtureTask']
@@ -67,6 +67,12 @@ class MixtureTask(Task):
     main_metric = "accuracy"
     group_columns = ("task",)
     PARAMS = {"tasks": {}, "max_train_rows": 0}
+
+    def load_rows(self, data, **params):
+        "A mixture has no data file of its own: its completions are scored per component task."
+        names = list(self.params["tasks"]) or [n for n in task_names() if n != self.name]
+        raise ValueError(f"task {self.name!r} trains several tasks at once and has no data file of its own: score each of "
+                         f"its tasks on its own data file (--task one of {names})")
 
     def components(self) -> dict[str, Task]:
         "The component tasks with their parameters (all registered tasks, unconfigured, when `tasks` is empty)."
