@@ -64,6 +64,11 @@ def validate_medcalc_frame(df:pd.DataFrame, # frame with the 14 MedCalc columns
     swapped = np.flatnonzero([a is not None and b is not None and a > b for a, b in zip(lo, hi)])
     if len(swapped): refuse(swapped, lambda i: f"Lower Limit {df['Lower Limit'].iloc[i]!r} > Upper Limit "
                                                f"{df['Upper Limit'].iloc[i]!r} (swapped limits; fix the row)")
+    gold = df["Ground Truth Answer"].map(to_number)
+    outside = np.flatnonzero([pd.notna(g) and pd.notna(a) and pd.notna(b) and not a <= g <= b for g, a, b in zip(gold, lo, hi)])
+    if len(outside): refuse(outside, lambda i: f"Ground Truth Answer {df['Ground Truth Answer'].iloc[i]!r} lies outside its own "
+                                               f"limits [{df['Lower Limit'].iloc[i]}, {df['Upper Limit'].iloc[i]}] (the gold "
+                                               "answer would be scored wrong; fix the row)")
     return df.reset_index(drop=True)
 
 def read_medcalc_csv(path:str|Path, # a MedCalc-Bench CSV (test_data.csv, train_data.csv or a subset), plain or gzip
