@@ -8,6 +8,7 @@ input.
 | `evaluate-completions --task mixture` | exit 2: a mixture has no data file of its own, score each of its tasks on its own file |
 | a Latin-1 MedCalc CSV without, then with `--encoding latin-1` | exit 2 with the hint `--encoding latin-1`; with it: scored |
 | `diagnosis labels --out` equal to `--meds` | exit 2; the parquet is unchanged |
+| a Latin-1 `--codes` concept list | `InputFileError` naming the file and the line (it was a bare UnicodeDecodeError) |
 """
 import json
 
@@ -58,3 +59,14 @@ def test_diagnosis_labels_never_write_over_the_meds_input(tmp_path):
     p = run_cli("diagnosis", "labels", "--meds", meds, "--task", "readmission_30d", "--out", meds)
     assert p.returncode == 2 and "is the MEDS input" in p.stderr, p.stderr[-2000:]
     assert meds.read_bytes() == before
+
+
+def test_a_non_utf8_code_list_names_the_file_and_line(tmp_path):
+    from ehr_rlvr.diagnosis.labels import read_code_list
+    from ehr_rlvr.io import InputFileError
+    codes = tmp_path / "codes.txt"
+    codes.write_bytes("ICD10CM/I10\n# hypertension, caf\u00e9\nICD10CM/I11\n".encode("latin-1"))
+    with pytest.raises(InputFileError, match=r"codes.txt: not valid utf-8 text at line 2"):
+        read_code_list(codes)
+    codes.write_text("ICD10CM/I10\n# hypertension\nICD10CM/I11\n")
+    assert read_code_list(codes) == ["ICD10CM/I10", "ICD10CM/I11"]

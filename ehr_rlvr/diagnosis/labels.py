@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from ..io import InputFileError, read_csv_checked
+from ..io import InputFileError, open_text, read_csv_checked
 
 # %% auto #0
 __all__ = ['NEW_DIAGNOSIS_CODES', 'LABEL_TASKS', 'DISCHARGE_PREFIX', 'ADMISSION_PREFIX', 'DEATH_CODE', 'SUMMARY_KEYS',
@@ -40,7 +40,7 @@ def read_code_list(path:str|Path, # one code per line, or a CSV with a `code` co
         if "code" not in df.columns: raise InputFileError(f"{p}: code list CSV lacks a 'code' column; has {list(df.columns)}")
         codes = df["code"].dropna().str.strip().tolist()
     else:
-        codes = [l.strip() for l in p.read_text(encoding="utf-8").splitlines()]
+        with open_text(p) as f: codes = [l.strip() for l in f]  # a bad byte names the file and line
     codes = [c for c in codes if c and not c.startswith("#")]
     if not codes: raise InputFileError(f"{p}: code list is empty")
     return codes
