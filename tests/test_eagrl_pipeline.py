@@ -160,12 +160,9 @@ def test_sft_rows_from_a_file_are_checked_against_the_training_rows(tmp_path):
 
 # ------------------------------------------------------------------------------------------- the smoke pipeline
 @pytest.fixture(scope="module")
-def eagrl_run(tmp_path_factory):
-    "configs/smoke-eagrl.yaml run once for this module."
-    runs = tmp_path_factory.mktemp("runs")
-    p = run_cli("pipeline", "configs/smoke-eagrl.yaml", "--run-id", "e", "--runs-root", runs, "--no-progress")
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-    return runs / "e"
+def eagrl_run(eagrl_smoke_run):
+    "configs/smoke-eagrl.yaml, run once per session (conftest): read it, never change it (copy it first)."
+    return eagrl_smoke_run
 
 
 def test_eagrl_smoke_pipeline_reports_permutation_contrasts(eagrl_run):
@@ -206,7 +203,8 @@ def test_sft_stage_trains_on_searched_trajectories(eagrl_run, tmp_path):
     import datasets
     import papermill as pm
     from conftest import ROOT
-    run = eagrl_run
+    import shutil
+    run = Path(shutil.copytree(eagrl_run, tmp_path / "e"))  # the session's run is shared: this test writes into a copy
     t = EHRPredictionTask(expert="oracle", n_patients=60, n_features=6, n_planted=2)
     train = datasets.load_from_disk(str(run / "data" / "rows"))["train"]
     picked = [train[i] for i in (0, 3, 5)]

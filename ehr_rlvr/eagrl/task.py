@@ -261,9 +261,6 @@ class EHRPredictionTask(Task):
         "Known source, outcome, targets and guidance; ranges; dataset, saliency and cross-dataset paths that must exist."
         if p["source"] not in ("synthetic", "tjh", "mimic-iv"):
             raise ValueError(f"task_params.source must be synthetic | tjh | mimic-iv, got {p['source']!r}")
-        check_input_path(self.name, "data", p["data"])  # given or not: building splits needs it, scoring a file does not
-        for j, s in enumerate(p["saliency"] if isinstance(p["saliency"], list) else [p["saliency"]]):
-            check_input_path(self.name, f"saliency[{j}]" if isinstance(p["saliency"], list) else "saliency", s)
         if p["outcome"] not in QUESTIONS: raise ValueError(f"task_params.outcome must be one of {list(QUESTIONS)}, got {p['outcome']!r}")
         if p["sft_target"] not in ("label", "expert"): raise ValueError(f"task_params.sft_target must be label | expert, got {p['sft_target']!r}")
         if not 0.5 <= p["sft_confidence"] <= 1: raise ValueError(f"task_params.sft_confidence must be in [0.5, 1], got {p['sft_confidence']}")
@@ -276,6 +273,11 @@ class EHRPredictionTask(Task):
             if not isinstance(c, dict) or c.get("source") not in ("tjh", "mimic-iv") or not c.get("data"):
                 raise ValueError(f"task_params.cross[{j}] must be {{source: tjh | mimic-iv, data: PATH[, outcome]}}, got {c!r}")
             check_input_path(self.name, f"cross[{j}].data", c["data"])
+        if int(p["max_features"]) > 0 and p["saliency"]:
+            raise ValueError("task_params.max_features would hide features a saliency export's expert saw: leave it 0 with `saliency`")
+        check_input_path(self.name, "data", p["data"])  # given or not: building splits needs it, scoring a file does not
+        for j, s in enumerate(p["saliency"] if isinstance(p["saliency"], list) else [p["saliency"]]):
+            check_input_path(self.name, f"saliency[{j}]" if isinstance(p["saliency"], list) else "saliency", s)
 
     def build_splits(self, out_dir=None, seed: int = 0, style: str = "compact", val_frac: float = 0.1, test_frac: float = 0.2,
                      **params) -> "datasets.DatasetDict":
