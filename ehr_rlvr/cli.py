@@ -15,7 +15,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['EVALUATE_COMPLETIONS_EPILOG', 'cmd_pipeline', 'cmd_stages', 'cmd_tasks', 'cmd_audit', 'cmd_evaluate_completions',
-           'cmd_evaluate', 'cmd_diagnosis_labels', 'cmd_experts_train', 'build_parser', 'main']
+           'cmd_evaluate', 'cmd_diagnosis_labels', 'cmd_experts_train', 'cmd_explore', 'build_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #4a423d21
 def _print_json(obj) -> None:
@@ -130,6 +130,13 @@ def cmd_experts_train(a) -> int:
     _print_json(res)
     return 0
 
+
+def cmd_explore(a) -> int:
+    "Execute the explore notebook on a run (papermill) into the run folder; print the executed notebook's path."
+    from ehr_rlvr.explore import explore_run
+    print(explore_run(a.run, out=a.out, row_id=a.row_id, progress_bar=not a.no_progress))
+    return 0
+
 # %% ../nbs/11_cli.ipynb #e9a1c0de
 EVALUATE_COMPLETIONS_EPILOG = """\
 what each task reads (--data) and how its completions are keyed (the JSONL "row"):
@@ -229,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", help="output folder (default runs/experts/<dataset>_<task>_<model>_seed<seed>)")
     q.add_argument("--encoding", default=None, help="text encoding of the TJH CSV, e.g. latin-1 (default utf-8)")
     q.set_defaults(fn=cmd_experts_train)
+
+    q = sub.add_parser("explore", help="execute the explore notebook (nbs/explore_run.ipynb) on a run; writes RUN/explore.ipynb")
+    q.add_argument("run", help="run folder, e.g. runs/demo (one seed) or runs/demo-seeds (holding seed-<s>/)")
+    q.add_argument("--out", help="the executed notebook (default RUN/explore.ipynb)")
+    q.add_argument("--row-id", help="the row shown side by side across regimes (default: the first row two regimes disagree on)")
+    q.add_argument("--no-progress", action="store_true", help="hide papermill's per-cell progress bar")
+    q.set_defaults(fn=cmd_explore)
     return p
 
 

@@ -27,3 +27,29 @@ def smoke_run(tmp_path_factory):
     p = run_cli("pipeline", "configs/smoke.yaml", "--run-id", "smoke", "--runs-root", runs, "--no-progress")
     assert p.returncode == 0, f"smoke pipeline failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     return runs / "smoke"
+
+
+def _smoke_run(tmp_path_factory, config: str, run_id: str) -> Path:
+    "Run one smoke config (every stage) into a temporary runs folder; returns its run directory."
+    runs = tmp_path_factory.mktemp("runs")
+    p = run_cli("pipeline", config, "--run-id", run_id, "--runs-root", runs, "--no-progress")
+    assert p.returncode == 0, f"{config} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return runs / run_id
+
+
+@pytest.fixture(scope="session")
+def trials_smoke_run(tmp_path_factory):
+    "configs/smoke-trials.yaml run once per session (a label task); returns its run directory."
+    return _smoke_run(tmp_path_factory, "configs/smoke-trials.yaml", "t")
+
+
+@pytest.fixture(scope="session")
+def diagnosis_smoke_run(tmp_path_factory):
+    "configs/smoke-diagnosis.yaml run once per session (a probability task); returns its run directory."
+    return _smoke_run(tmp_path_factory, "configs/smoke-diagnosis.yaml", "d")
+
+
+@pytest.fixture(scope="session")
+def eagrl_smoke_run(tmp_path_factory):
+    "configs/smoke-eagrl.yaml run once per session (EAG-RL: MCTS, three RL rewards, a permuted view); returns its run directory."
+    return _smoke_run(tmp_path_factory, "configs/smoke-eagrl.yaml", "e")

@@ -100,11 +100,9 @@ def test_answer_reward_is_weighted_by_inverse_class_frequency():
     assert unweighted.load_info["class_weights"] == {0: 1.0, 1: 1.0}
 
 
-def test_diagnosis_pipeline_reports_auroc_auprc_and_balanced_metrics(tmp_path):
+def test_diagnosis_pipeline_reports_auroc_auprc_and_balanced_metrics(diagnosis_smoke_run):
     "The stages run the third task unchanged; every metric in results.csv can be recomputed from the predictions."
-    p = run_cli("pipeline", "configs/smoke-diagnosis.yaml", "--run-id", "d", "--runs-root", tmp_path, "--no-progress")
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-    run = tmp_path / "d"
+    run = diagnosis_smoke_run  # configs/smoke-diagnosis.yaml, run once per session (conftest)
     res = pd.read_csv(run / "report" / "results.csv")
     for regime in ("base", "sft", "sft_rlvr"):
         got = set(res.loc[res["regime"] == regime, "metric"])

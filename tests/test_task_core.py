@@ -137,11 +137,9 @@ def test_bad_trial_file_is_refused_naming_file_and_line(tmp_path):
     assert p.returncode != 0 and "trials.jsonl" in p.stderr and ":2" in p.stderr
 
 
-def test_trials_pipeline_reports_kappa_and_macro_f1_per_view(tmp_path):
+def test_trials_pipeline_reports_kappa_and_macro_f1_per_view(trials_smoke_run):
     "The stages run a second task unchanged: report/results.csv holds the label metrics for every regime and test view."
-    p = run_cli("pipeline", "configs/smoke-trials.yaml", "--run-id", "t", "--runs-root", tmp_path, "--no-progress")
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-    run = tmp_path / "t"
+    run = trials_smoke_run  # configs/smoke-trials.yaml, run once per session (conftest)
     res = pd.read_csv(run / "report" / "results.csv")
     for regime in ("base", "sft", "sft_rlvr"):
         got = set(res.loc[res["regime"] == regime, "metric"])
