@@ -627,7 +627,11 @@ def _ctrl_c_stops_kernels():
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield  # a caller with its own Ctrl-C handling keeps it
         return
+    import logging
+    hit = []
     def stop(signum, frame):
+        hit.append(signum)
+        logging.disable(logging.CRITICAL)  # the client's "Kernel died while waiting ..." would follow: the runner says why
         for k in orphan_kernels(os.getpid()):  # this runner's kernels: their environment names it as JPY_PARENT_PID
             try:
                 os.kill(k, signal.SIGKILL)
@@ -639,6 +643,10 @@ def _ctrl_c_stops_kernels():
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        if hit:
+            logging.disable(logging.NOTSET)
+    if hit:  # a library on the way (the kernel's start-up) may have swallowed the KeyboardInterrupt: the run still stops
+        raise KeyboardInterrupt
 
 
 def _execute(st: dict, out_nb: Path, root: Path, progress_bar: bool) -> None:

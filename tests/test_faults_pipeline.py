@@ -214,7 +214,8 @@ def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path):
     proc = subprocess.Popen([*CLI, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "runs" / "c"
     deadline = time.time() + 240
-    while (read_record(run, "10_data") or {}).get("status") != "running" and time.time() < deadline:
+    while ((read_record(run, "10_data") or {}).get("status") != "running" or not orphan_kernels(proc.pid)) \
+            and time.time() < deadline:  # the stage is claimed and its kernel is up
         assert proc.poll() is None
         time.sleep(0.05)
     time.sleep(1.0)  # inside the stage
