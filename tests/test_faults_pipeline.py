@@ -211,7 +211,10 @@ def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path):
     cfg = _smoke_text(tmp_path, text[:text.index("stages:")] + "stages: [10_data]\n" + text[text.index("task: medcalc"):]
                       .split("model_id:")[0] + "prompt_style: compact\n")
     args = ["pipeline", str(cfg), "--run-id", "c", "--runs-root", str(tmp_path / "runs"), "--no-progress"]
-    proc = subprocess.Popen([*CLI, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a terminal's runner has Ctrl-C's default action; one started by a background job (a CI script's `cmd &`) inherits
+    # SIGINT ignored and would never see it, so the child gets the default back, as in a terminal
+    proc = subprocess.Popen([*CLI, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run = tmp_path / "runs" / "c"
     deadline = time.time() + 240
     while ((read_record(run, "10_data") or {}).get("status") != "running" or not orphan_kernels(proc.pid)) \
